@@ -1,0 +1,166 @@
+"""Editing with Asyrp (Algorithm 1, Eq. 9): three phases decided by t_edit and t_boost.
+
+    T >= t >= t_edit      x_{t-1} = sqrt(a_{t-1}) P_t(eps(x_t | delta_h)) + D_t(eps(x_t)),   eta = 0
+    t_edit > t >= t_boost plain DDIM, eta = 0
+    t_boost > t           plain DDIM with eta = eta_boost (1 in the paper): quality boosting, seeded per image
+
+delta_h = (S_train / S_gen) * sum_i c_i f^i_t(h_t)  keeps the sum of delta_h over the interval when the number
+of generative steps differs from training's (Sec. 3.4; the official code scales by the generative step
+counts, as here). Optional 1 / sqrt(n) for n directions (official). Coefficients may be negative
+(extrapolation, Fig. 7) and may differ per image, which is how a coefficient sweep runs as one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
+from .directions import DeltaHTable, DirectionConfig, GlobalDirection
+from .models import DiffusionModel
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class EditConfig:
+    t_edit: int
+    t_boost: int
+    n_gen_steps: int = 40
+    spacing: str = "uniform"
+    eta_boost: float = 1.0
+    normalize_multi: bool = False  # official: delta_h / sqrt(n) for n directions
+
+    def validate(self, num_train_timesteps: int = 1000) -> None:
+        if self.n_gen_steps < 2:
+            raise ValueError(f"n_gen_steps must be >= 2, got {self.n_gen_steps}")
+        if not 0 <= self.t_boost < self.t_edit < num_train_timesteps:
+            raise ValueError(
+                f"need 0 <= t_boost < t_edit < {num_train_timesteps}, got t_boost={self.t_boost}, t_edit={self.t_edit}"
+            )
+
+
+@dataclass
+class EditDirection:
+    """A direction ready to apply: the module, its config (for the step rescaling) and its coefficient(s)."""
+
+    module: nn.Module
+    config: DirectionConfig
+    coefficient: float | Tensor = 1.0  # scalar, or (B,) per image
+
+
+def per_image_noise(shape, seeds: Sequence[int], step: int, device, dtype) -> Tensor:
+    """Noise for one boosting step, drawn per image from (seed_i, step) so batching never changes it."""
+    out = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(s) * 100003 + step)
+        out.append(torch.randn(shape[1:], generator=g))
+    return torch.stack(out).to(device=device, dtype=dtype)
+
+
+def _delta_h(directions: list[EditDirection], state, t: int, n_gen_steps: int, normalize_multi: bool) -> Tensor:
+    total = torch.zeros_like(state.h)
+    for d in directions:
+        c = torch.as_tensor(d.coefficient, dtype=state.h.dtype, device=state.h.device)
+        c = c.view(-1, 1, 1, 1) if c.ndim == 1 else c
+        scale = d.config.n_train_steps / n_gen_steps
+        total = total + c * scale * d.module(state.h, t, state.emb)
+    if normalize_multi and len(directions) > 1:
+        total = total / math.sqrt(len(directions))
+    return total
+
+
+@torch.no_grad()
+def asyrp_generate(
+    model: DiffusionModel,
+    x_T: Tensor,
+    directions: list[EditDirection],
+    config: EditConfig,
+    seeds: Sequence[int] | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> Tensor:
+    """x_T (B, C, H, W) -> edited x0 (B, C, H, W) by Eq. 9. No directions: plain DDIM + quality boosting."""
+    config.validate(model.num_train_timesteps)
+    unet, ac = model.unet, model.alphas_cumprod
+    seeds = list(range(x_T.shape[0])) if seeds is None else list(seeds)
+    if len(seeds) != x_T.shape[0]:
+        raise ValueError(f"got {len(seeds)} seeds for {x_T.shape[0]} images")
+    timesteps = timestep_grid(config.n_gen_steps, model.num_train_timesteps, config.spacing)
+    active = [d for d in directions if torch.as_tensor(d.coefficient).abs().sum() > 0]
+    x = x_T.to(unet.device)
+    for step, (t, t_prev) in enumerate(generation_pairs(timesteps)):
+        a_t, a_prev = alpha_prod(ac, t), alpha_prod(ac, t_prev)
+        if t >= config.t_edit and active:  # phase 1: one down pass, two batched up passes
+            state = unet.down(x, t)
+            delta_h = _delta_h(active, state, t, config.n_gen_steps, config.normalize_multi)
+            eps, eps_edit = unet.eps_pair(state, delta_h)
+            x = ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
+            phase = "edit"
+        elif t >= config.t_boost:  # phase 2: plain pass, deterministic
+            x = ddim_step(x, unet(x, t), a_t, a_prev)
+            phase = "denoise"
+        else:  # phase 3: quality boosting
+            noise = per_image_noise(x.shape, seeds, step, x.device, x.dtype)
+            x = ddim_step(x, unet(x, t), a_t, a_prev, eta=config.eta_boost, noise=noise)
+            phase = "boost"
+        if callback is not None:
+            callback({"step": step, "t": t, "phase": phase})
+    return x
+
+
+def coefficient_sweep(
+    model: DiffusionModel,
+    x_T: Tensor,
+    direction: EditDirection,
+    coefficients: Sequence[float],
+    config: EditConfig,
+    seeds: Sequence[int] | None = None,
+    callback=None,
+) -> Tensor:
+    """Edits of every image at every coefficient in one batched run: (K, B, C, H, W) for K coefficients."""
+    k, b = len(coefficients), x_T.shape[0]
+    seeds = list(range(b)) if seeds is None else list(seeds)
+    coef = torch.tensor(coefficients, dtype=torch.float32).repeat_interleave(b)
+    tiled = EditDirection(direction.module, direction.config, coef)
+    out = asyrp_generate(model, x_T.repeat(k, 1, 1, 1), [tiled], config, seeds * k, callback)
+    return out.view(k, b, *x_T.shape[1:])
+
+
+def random_latents(n: int, shape: Sequence[int], seed: int = 0) -> Tensor:
+    """x_T ~ N(0, I) for editing or training from noise (App. J.2, App. M), (n, *shape)."""
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def mean_direction(
+    model: DiffusionModel, direction: EditDirection, x_T: Tensor, config: EditConfig
+) -> tuple[EditDirection, EditDirection]:
+    """delta_h_t^mean = mean over images of f_t(h_t) along the edited trajectories, and its time average
+    delta_h^global (Sec. 5.3, App. L: the paper uses N = 20 images).
+
+    Returns two ``EditDirection``s (kinds ``delta_h_t`` and ``global``) with the input's coefficient and
+    step count, so they apply exactly like the f_t they were read from; save them with ``save_direction``.
+    """
+    records: dict[int, Tensor] = {}
+
+    class Recorder(nn.Module):
+        def forward(self, h, t, emb):
+            out = direction.module(h, t, emb)
+            records[t] = out.mean(dim=0)
+            return out
+
+    asyrp_generate(model, x_T, [EditDirection(Recorder(), direction.config, direction.coefficient)], config)
+    ts = sorted(records, reverse=True)
+    values = torch.stack([records[t] for t in ts]).cpu()
+    h_shape = tuple(values.shape[1:])
+    cfg = direction.config
+    table_cfg = replace(cfg, kind="delta_h_t", timesteps=ts, h_shape=h_shape)
+    global_cfg = replace(cfg, kind="global", timesteps=[], h_shape=h_shape)
+    return (
+        EditDirection(DeltaHTable(h_shape, ts, values), table_cfg, direction.coefficient),
+        EditDirection(GlobalDirection(h_shape, values.mean(dim=0)), global_cfg, direction.coefficient),
+    )

@@ -1,0 +1,96 @@
+"""The training loss of Eq. 7: lambda_CLIP * L_direction + lambda_recon * |P_t^edit - P_t^source|.
+
+Two choices the paper and the official code make differently are parameters:
+
+    loss_form    "one_minus_cos": L_direction = 1 - cos(dI, dT)          (Eq. 4, the paper)
+                 "log":           -log((2 - L_direction) / 2)           (official code; default, because
+                                                                          Table 3's lambdas were tuned with it)
+    clip_source  "x0":  dI = E_I(P_t^edit) - E_I(x0), x0 the real image   (official; default)
+                 "p_t": dI = E_I(P_t^edit) - E_I(P_t^source)             (Eq. 7 as written)
+
+Embeddings are unit-normalised before the difference, as in the official code (DiffusionCLIP's CLIPLoss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .clip import ClipModel, imagenet_templates
+
+Tensor = torch.Tensor
+LOSS_FORMS = ("log", "one_minus_cos")
+CLIP_SOURCES = ("x0", "p_t")
+
+
+def directional_cos(edit_emb: Tensor, source_emb: Tensor, text_direction: Tensor) -> Tensor:
+    """cos(dI, dT) per image, dI = E_I(edit) - E_I(source) (Eq. 4 and Eq. 17). (B, D), (B, D), (D,) -> (B,)."""
+    return F.cosine_similarity(edit_emb - source_emb, text_direction[None].to(edit_emb.dtype), dim=-1, eps=1e-8)
+
+
+def direction_loss(cos: Tensor, form: str = "log") -> Tensor:
+    """Per-image L_direction from cos(dI, dT): 1 - cos (Eq. 4) or the official -log((2 - (1 - cos)) / 2)."""
+    if form == "one_minus_cos":
+        return 1.0 - cos
+    if form == "log":
+        return -torch.log((1.0 + cos) / 2.0 + 1e-8)
+    raise ValueError(f"unknown loss_form {form!r}; choose one of {LOSS_FORMS}")
+
+
+def lambda_recon_auto(clip: ClipModel, source: str, target: str) -> float:
+    """Table 3's rule: lambda_recon = 3 x CLIP cosine similarity of the two prompts."""
+    return 3.0 * clip.prompt_similarity(source, target)
+
+
+@dataclass
+class LossConfig:
+    lambda_clip: float = 0.8
+    lambda_recon: float | None = None  # None -> 3 x prompt similarity (Table 3)
+    loss_form: str = "log"
+    clip_source: str = "x0"
+    templates: bool = True  # average each prompt over the ImageNet templates (official)
+
+    def validate(self) -> None:
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {self.loss_form!r}")
+        if self.clip_source not in CLIP_SOURCES:
+            raise ValueError(f"clip_source must be one of {CLIP_SOURCES}, got {self.clip_source!r}")
+        if self.lambda_clip < 0 or (self.lambda_recon is not None and self.lambda_recon < 0):
+            raise ValueError("loss weights must be >= 0")
+
+
+class AsyrpLoss:
+    """Eq. 7 for one prompt pair; text embeddings are computed once, at construction."""
+
+    def __init__(self, clip: ClipModel, source: str, target: str, config: LossConfig | None = None):
+        self.config = config or LossConfig()
+        self.config.validate()
+        if not source.strip() or not target.strip():
+            raise ValueError("source and target prompts must be non-empty")
+        self.clip, self.source, self.target = clip, source, target
+        templates = imagenet_templates() if self.config.templates else None
+        self.text_direction = clip.text_direction(source, target, templates)
+        self.prompt_similarity = clip.prompt_similarity(source, target)
+        lr = self.config.lambda_recon
+        self.lambda_recon = 3.0 * self.prompt_similarity if lr is None else float(lr)
+
+    @torch.no_grad()
+    def source_embedding(self, images: Tensor) -> Tensor:
+        """E_I of the CLIP source images (x0 or P_t^source), (B, 3, H, W) -> (B, D); no graph needed."""
+        return self.clip.encode_image(images)
+
+    def __call__(self, pred_edit: Tensor, pred_source: Tensor, source_emb: Tensor) -> tuple[Tensor, dict]:
+        """Mean over the batch of Eq. 7. pred_edit (with grad), pred_source: (B, 3, H, W); source_emb (B, D)."""
+        cos = directional_cos(self.clip.encode_image(pred_edit), source_emb, self.text_direction)
+        l_clip = direction_loss(cos, self.config.loss_form)  # (B,)
+        l_recon = (pred_edit.float() - pred_source.float()).abs().flatten(1).mean(dim=1)  # (B,)
+        per_image = self.config.lambda_clip * l_clip + self.lambda_recon * l_recon
+        stats = {
+            "loss": per_image.mean().item(),
+            "clip": l_clip.mean().item(),
+            "recon": l_recon.mean().item(),
+            "cos": cos.mean().item(),
+        }
+        return per_image.mean(), stats

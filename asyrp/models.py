@@ -1,0 +1,178 @@
+"""Loading the frozen diffusion model: a diffusers ``UNet2DModel`` plus its noise schedule.
+
+Model ids:
+    ``google/ddpm-celebahq-256`` | ``google/ddpm-church-256`` | ``google/ddpm-bedroom-256`` and their
+    ``google/ddpm-ema-*`` variants (any diffusers DDPM repo with a UNet2DModel and a scheduler config);
+    a local folder in diffusers format (``config.json`` + weights at its root or under ``unet/``);
+    ``offline:small``: a small UNet2DModel built from a config with seeded random weights (tests and the
+    plumbing-only offline profile).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .hspace import HUNet
+
+PAPER_MODEL_IDS = (
+    "google/ddpm-celebahq-256",
+    "google/ddpm-church-256",
+    "google/ddpm-bedroom-256",
+    "google/ddpm-ema-celebahq-256",
+    "google/ddpm-ema-church-256",
+    "google/ddpm-ema-bedroom-256",
+)
+
+# The small offline model: 3 levels, attention at 16x16, h = 64 x 8 x 8 for 32-px images.
+SMALL_UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+)
+
+# The architecture of google/ddpm-celebahq-256 (and church/bedroom): h = 512 x 8 x 8, ~114 M parameters.
+DDPM_256_CONFIG = dict(
+    sample_size=256,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    norm_num_groups=32,
+)
+
+# DDPM's linear schedule (Ho et al. 2020), used by all the paper's DDPM checkpoints.
+DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+class ModelLoadError(RuntimeError):
+    """A model, CLIP or LPIPS checkpoint could not be loaded; the message says how to get it."""
+
+
+@dataclass
+class DiffusionModel:
+    """A frozen U-Net with h-space access and its schedule.
+
+    alphas_cumprod: (T,) float64, alpha_t of the paper.  betas: (T,) float64.
+    """
+
+    unet: HUNet
+    alphas_cumprod: torch.Tensor
+    betas: torch.Tensor
+    model_id: str
+    image_size: int
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+
+def schedule_from_config(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(betas, alphas_cumprod) in float64 from a diffusers scheduler config."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(dict(config))
+    betas = sched.betas.double()
+    return betas, torch.cumprod(1.0 - betas, dim=0)
+
+
+def build_unet(config: dict, seed: int = 0):
+    """A UNet2DModel from a config dict with seeded random weights."""
+    from diffusers import UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DModel(**config)
+
+
+@lru_cache(maxsize=8)
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """One quick TCP probe, so an offline machine fails in seconds rather than after retries."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not host_reachable("huggingface.co")
+
+
+def _load_pretrained(model_id: str, device: torch.device):
+    from diffusers import UNet2DModel
+
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        sub = "unet" if (path / "unet" / "config.json").exists() else None
+        if sub is None and not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a diffusers model folder (no config.json, no unet/config.json)")
+        unet = UNet2DModel.from_pretrained(path, subfolder=sub)
+        sched_dir = path / "scheduler" if (path / "scheduler").is_dir() else path
+        return unet, _read_scheduler_config(sched_dir / "scheduler_config.json")
+    try:  # the local cache first: no network round trip at all when the model is there
+        unet = UNet2DModel.from_pretrained(model_id, local_files_only=True)
+    except Exception as cached_err:  # noqa: BLE001 - any failure means: not usable from the cache
+        if hub_offline():
+            raise ModelLoadError(
+                f"diffusion model {model_id!r} is not in the local Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and huggingface.co cannot be reached. "
+                f"On a machine with internet run `huggingface-cli download {model_id}` and copy the cache "
+                f"(or the downloaded folder, then pass its path as the model id). Cause: {cached_err}"
+            ) from None
+        unet = UNet2DModel.from_pretrained(model_id)
+    from huggingface_hub import hf_hub_download
+
+    cfg = hf_hub_download(model_id, "scheduler_config.json", local_files_only=hub_offline())
+    return unet, _read_scheduler_config(Path(cfg))
+
+
+def _read_scheduler_config(path: Path) -> dict:
+    import json
+
+    if not path.exists():  # DDPM checkpoints without a scheduler file all use the linear schedule
+        return dict(DDPM_SCHEDULE)
+    return json.loads(path.read_text())
+
+
+def load_diffusion(
+    model_id: str,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> DiffusionModel:
+    """Load a frozen diffusion model by hub id, local folder, or ``offline:small``."""
+    device = torch.device(device)
+    if model_id == "offline:small":
+        unet, sched_cfg = build_unet(SMALL_UNET_CONFIG, seed), dict(DDPM_SCHEDULE)
+    elif model_id == "offline:ddpm-256-random":
+        unet, sched_cfg = build_unet(DDPM_256_CONFIG, seed), dict(DDPM_SCHEDULE)
+    elif model_id.startswith("offline:"):
+        raise ModelLoadError(f"unknown built-in model {model_id!r}; built-ins: offline:small, offline:ddpm-256-random")
+    else:
+        unet, sched_cfg = _load_pretrained(model_id, device)
+    betas, alphas_cumprod = schedule_from_config(sched_cfg)
+    hunet = HUNet(unet.to(device), autocast_dtype=autocast_dtype)
+    return DiffusionModel(hunet, alphas_cumprod, betas, model_id, hunet._image_size())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise a torch device string, checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev

@@ -1,0 +1,232 @@
+"""Training a direction f_t (Algorithm 2), batched over images.
+
+For each batch and each grid timestep t from T down to t_edit:
+    h, skips = down(x~_t)                       no graph: the U-Net is frozen and f_t sits after the mid block
+    eps      = up(h)                            no graph: D_t uses the unedited eps
+    eps_edit = up(h + f_t(h))                   graph through the up path into f_t only
+    P_edit   = P_t(eps_edit);  loss = Eq. 7 against P_t^source (the source trajectory), mean over the batch
+    x~_{t-1} = sqrt(alpha_{t-1}) P_edit + D_t(eps)    the *edited* trajectory drives the next step (detached)
+
+The source trajectory (P_t^source along plain DDIM from x_T) does not depend on f_t: it is computed once
+per image (``source_trajectory``) and reused for every epoch, or read from the inversion stage's cache.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ddim import alpha_prod, ddim_step, generation_pairs, pred_original_sample, timestep_grid
+from .losses import AsyrpLoss
+from .models import DiffusionModel
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainBatch:
+    """One batch of training images.
+
+    x_T:         (B, C, H, W) inverted latents (or x_T ~ N(0, I) for App. J.2)
+    source_pred: {t: (B, C, H, W)} P_t^source for every t >= t_edit on the grid; None -> computed here
+    x0:          (B, C, H, W) CLIP source images when clip_source = "x0" (real images, or the plain
+                 generation from x_T when training from noise); None -> the source trajectory's x0
+    """
+
+    x_T: Tensor
+    source_pred: dict[int, Tensor] | None = None
+    x0: Tensor | None = None
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    t_edit: int
+    n_train_steps: int = 40  # S: size of the generative grid used in training
+    spacing: str = "uniform"
+    epochs: int = 1
+    optimizer: str = "sgd"  # official: SGD lr 0.5, momentum 0, StepLR(20, 0.9)
+    lr: float = 0.5
+    momentum: float = 0.0
+    lr_step_size: int = 20
+    lr_gamma: float = 0.9
+    step_per: str = "timestep"  # "timestep" (official: one optimiser step per t) or "trajectory"
+    seed: int = 0
+
+    def validate(self, num_train_timesteps: int) -> None:
+        if self.n_train_steps < 2:
+            raise ValueError(f"n_train_steps must be >= 2, got {self.n_train_steps}")
+        if not 0 <= self.t_edit < num_train_timesteps:
+            raise ValueError(f"t_edit must be in [0, {num_train_timesteps}), got {self.t_edit}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.step_per not in ("timestep", "trajectory"):
+            raise ValueError(f"step_per must be 'timestep' or 'trajectory', got {self.step_per!r}")
+        if self.lr <= 0 or self.epochs < 1:
+            raise ValueError("lr must be > 0 and epochs >= 1")
+
+
+def edit_interval(timesteps: Tensor, t_edit: int) -> list[tuple[int, int]]:
+    """Generation pairs (t, t_prev) with t >= t_edit: the editing interval [T, t_edit]."""
+    return [(t, tp) for t, tp in generation_pairs(timesteps) if t >= t_edit]
+
+
+@torch.no_grad()
+def source_trajectory(
+    model: DiffusionModel, x_T: Tensor, timesteps: Tensor, t_min: int, full: bool = False
+) -> tuple[dict[int, Tensor], Tensor | None]:
+    """P_t^source for grid t >= t_min along plain DDIM (eta = 0) from x_T; with ``full``, also the x0 it ends at."""
+    preds: dict[int, Tensor] = {}
+    x = x_T
+    for t, t_prev in generation_pairs(timesteps):
+        if t < t_min and not full:
+            break
+        a_t, a_prev = alpha_prod(model.alphas_cumprod, t), alpha_prod(model.alphas_cumprod, t_prev)
+        eps = model.unet(x, t)
+        if t >= t_min:
+            preds[t] = pred_original_sample(x, eps, a_t)
+        x = ddim_step(x, eps, a_t, a_prev)
+    return preds, (x if full else None)
+
+
+def make_optimizer(params, config: TrainConfig):
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr)
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step_size, gamma=config.lr_gamma)
+
+
+def tensor_batches(
+    x_T: Tensor, batch_size: int, x0: Tensor | None = None, seed: int = 0
+) -> Callable[[int], Iterable[TrainBatch]]:
+    """In-memory data: epoch -> batches of a seeded shuffle (source trajectories cached across epochs)."""
+    n = x_T.shape[0]
+
+    def batches(epoch: int) -> Iterable[TrainBatch]:
+        order = list(range(n))
+        random.Random(seed + epoch).shuffle(order)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield TrainBatch(x_T[idx], x0=None if x0 is None else x0[idx], ids=[str(i) for i in idx])
+
+    return batches
+
+
+def train_direction(
+    model: DiffusionModel,
+    direction: nn.Module,
+    loss_fn: AsyrpLoss,
+    data: Callable[[int], Iterable[TrainBatch]] | Sequence[TrainBatch],
+    config: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Algorithm 2. Returns one stats dict per optimiser step (loss, clip, recon, cos, lr, t, epoch)."""
+    config.validate(model.num_train_timesteps)
+    unet, device = model.unet, model.unet.device
+    timesteps = timestep_grid(config.n_train_steps, model.num_train_timesteps, config.spacing)
+    interval = edit_interval(timesteps, config.t_edit)
+    if not interval:
+        raise ValueError(f"t_edit={config.t_edit} leaves no grid step in the editing interval")
+    torch.manual_seed(config.seed)
+    direction.train().to(device)
+    opt, sched = make_optimizer(direction.parameters(), config)
+    get_batches = data if callable(data) else (lambda epoch: data)
+    cache: dict[str, tuple[dict[int, Tensor], Tensor | None]] = {}  # image id -> (P_t^source, x0)
+    history: list[dict] = []
+    for epoch in range(config.epochs):
+        for b, batch in enumerate(get_batches(epoch)):
+            src_pred, src_emb = _sources(model, loss_fn, batch, timesteps, config.t_edit, cache, device)
+            stats = _train_trajectory(
+                unet,
+                model,
+                direction,
+                loss_fn,
+                batch.x_T.to(device),
+                interval,
+                src_pred,
+                src_emb,
+                opt,
+                sched,
+                config,
+            )
+            for s in stats:
+                s.update(epoch=epoch, batch=b)
+                history.append(s)
+                if callback is not None:
+                    callback(s)
+    direction.eval()
+    return history
+
+
+def _sources(model, loss_fn, batch: TrainBatch, timesteps, t_edit, cache, device):
+    """P_t^source for the batch (given, cached per image id from an earlier epoch, or computed once) and
+    E_I of the CLIP source images."""
+    ids = batch.ids
+    if batch.source_pred is not None:
+        src_pred = {t: v.to(device) for t, v in batch.source_pred.items()}
+        src_x0 = batch.x0
+    elif ids and all(i in cache for i in ids):
+        src_pred = {t: torch.stack([cache[i][0][t] for i in ids]) for t in cache[ids[0]][0]}
+        src_x0 = batch.x0 if batch.x0 is not None else _stack_or_none([cache[i][1] for i in ids])
+    else:
+        need_x0 = batch.x0 is None and loss_fn.config.clip_source == "x0"
+        src_pred, gen_x0 = source_trajectory(model, batch.x_T.to(device), timesteps, t_edit, full=need_x0)
+        src_x0 = batch.x0 if batch.x0 is not None else gen_x0
+        for k, i in enumerate(ids):  # images, not batches, are the cache key: epochs reshuffle batches
+            cache[i] = ({t: v[k] for t, v in src_pred.items()}, None if gen_x0 is None else gen_x0[k])
+    missing = [t for t, _ in edit_interval(timesteps, t_edit) if t not in src_pred]
+    if missing:
+        raise ValueError(f"source trajectory lacks P_t for timesteps {missing[:5]}...: cached with another grid?")
+    if loss_fn.config.clip_source == "x0":
+        if src_x0 is None:
+            raise ValueError("clip_source='x0' needs the source images (batch.x0) when source_pred is given")
+        src_emb = loss_fn.source_embedding(src_x0.to(device))
+    else:
+        src_emb = None  # per-timestep E_I(P_t^source), computed in the loop
+    return src_pred, src_emb
+
+
+def _stack_or_none(items):
+    return None if any(x is None for x in items) else torch.stack(items)
+
+
+def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, src_emb, opt, sched, config):
+    """One batch through the editing interval; an optimiser step per t or per trajectory."""
+    stats = []
+    per_traj = config.step_per == "trajectory"
+    if per_traj:
+        opt.zero_grad(set_to_none=True)
+    for t, t_prev in interval:
+        a_t, a_prev = alpha_prod(model.alphas_cumprod, t), alpha_prod(model.alphas_cumprod, t_prev)
+        with torch.no_grad():
+            state = unet.down(x, t)
+            eps = unet.up(state)
+            emb_src = src_emb if src_emb is not None else loss_fn.source_embedding(src_pred[t])
+        delta_h = direction(state.h, t, state.emb)
+        eps_edit = unet.up(state, state.h + delta_h)
+        p_edit = pred_original_sample(x, eps_edit, a_t)
+        loss, s = loss_fn(p_edit, src_pred[t], emb_src)
+        if per_traj:
+            (loss / len(interval)).backward()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        s.update(
+            t=t,
+            lr=opt.param_groups[0]["lr"],
+            delta_h_norm=delta_h.detach().flatten(1).norm(dim=1).mean().item(),
+        )
+        stats.append(s)
+        with torch.no_grad():
+            x = ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
+    if per_traj:
+        opt.step()
+        sched.step()
+    return stats
