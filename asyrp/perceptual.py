@@ -61,5 +61,9 @@ def load_lpips(net: str = "alex", allow_random_backbone: bool = False, device="c
         )
     if not available:
         warnings.warn(RANDOM_BACKBONE_NOTE, stacklevel=2)
-    metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not available, verbose=False)
+    # A random backbone is seeded, so its numbers (and the t_edit / t_boost chosen with them) are reproducible.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # "pretrained" deprecation
+        torch.manual_seed(0)
+        metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not available, verbose=False)
     return Perceptual(metric, net, is_paper_metric=available).to(device)

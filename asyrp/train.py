@@ -56,6 +56,9 @@ class TrainConfig:
     lr_gamma: float = 0.9
     step_per: str = "timestep"  # "timestep" (official: one optimiser step per t) or "trajectory"
     seed: int = 0
+    # Keep computed source trajectories in memory for later epochs (None: only when epochs > 1). At paper
+    # scale that is ~0.8 MB per image and step: prefer the invert stage's cache (TrainBatch.source_pred).
+    cache_sources: bool | None = None
 
     def validate(self, num_train_timesteps: int) -> None:
         if self.n_train_steps < 2:
@@ -136,7 +139,8 @@ def train_direction(
     direction.train().to(device)
     opt, sched = make_optimizer(direction.parameters(), config)
     get_batches = data if callable(data) else (lambda epoch: data)
-    cache: dict[str, tuple[dict[int, Tensor], Tensor | None]] = {}  # image id -> (P_t^source, x0)
+    keep = config.cache_sources if config.cache_sources is not None else config.epochs > 1
+    cache: dict[str, tuple[dict[int, Tensor], Tensor | None]] | None = {} if keep else None  # id -> (P_t, x0)
     history: list[dict] = []
     for epoch in range(config.epochs):
         for b, batch in enumerate(get_batches(epoch)):
@@ -170,14 +174,14 @@ def _sources(model, loss_fn, batch: TrainBatch, timesteps, t_edit, cache, device
     if batch.source_pred is not None:
         src_pred = {t: v.to(device) for t, v in batch.source_pred.items()}
         src_x0 = batch.x0
-    elif ids and all(i in cache for i in ids):
+    elif ids and cache is not None and all(i in cache for i in ids):
         src_pred = {t: torch.stack([cache[i][0][t] for i in ids]) for t in cache[ids[0]][0]}
         src_x0 = batch.x0 if batch.x0 is not None else _stack_or_none([cache[i][1] for i in ids])
     else:
         need_x0 = batch.x0 is None and loss_fn.config.clip_source == "x0"
         src_pred, gen_x0 = source_trajectory(model, batch.x_T.to(device), timesteps, t_edit, full=need_x0)
         src_x0 = batch.x0 if batch.x0 is not None else gen_x0
-        for k, i in enumerate(ids):  # images, not batches, are the cache key: epochs reshuffle batches
+        for k, i in enumerate(ids if cache is not None else []):  # per image: epochs reshuffle batches
             cache[i] = ({t: v[k] for t, v in src_pred.items()}, None if gen_x0 is None else gen_x0[k])
     missing = [t for t, _ in edit_interval(timesteps, t_edit) if t not in src_pred]
     if missing:

@@ -145,6 +145,9 @@ class Inversion(Strict):
     batch_size: PosInt
     shard_size: PosInt
     dtype: Literal["float32", "float64", "bfloat16", "float16"]
+    # P_t^source of every training image is cached for grid t >= cache_min_t (Table 2's smallest t_edit
+    # is 301): training then skips a whole U-Net pass per step. Lower attributes recompute it.
+    cache_min_t: Timestep = 300
 
 
 class TOverride(Strict):

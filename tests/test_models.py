@@ -69,3 +69,14 @@ def test_lpips_random_backbone_is_flagged(random_lpips):
     assert not random_lpips.is_paper_metric and "RANDOM" in random_lpips.note
     x = torch.zeros(2, 3, 32, 32)
     assert torch.allclose(random_lpips(x, x), torch.zeros(2), atol=1e-6)
+
+
+def test_random_lpips_backbone_is_seeded(random_lpips):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = load_lpips("alex", allow_random_backbone=True)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    assert torch.equal(random_lpips(x, y), again(x, y))

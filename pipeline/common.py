@@ -1,0 +1,183 @@
+"""Shared plumbing of the stage scripts: paths, loading models from a profile, JSON/CSV/plots, errors.
+
+Every stage module exposes ``run(params, out=OUT, ...) -> dict`` (called by DVC through ``main`` and by
+the Prefect flows directly) and ``main()`` for ``python -m pipeline.<stage>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from asyrp.clip import ClipModel, load_clip
+from asyrp.models import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
+from asyrp.perceptual import Perceptual, load_lpips
+
+from .params import Params, ParamsError, load_params
+
+OUT = Path("outputs")
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Paths:
+    """Where each stage writes, under one root (``outputs/`` for DVC)."""
+
+    def __init__(self, root: Path | str = OUT):
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self.latents = self.root / "latents"
+        self.schedule = self.root / "schedule"
+        self.report = self.root / "report"
+
+    def split(self, name: str) -> Path:
+        return self.latents / name
+
+    def attribute(self, name: str) -> Path:
+        return self.root / "attributes" / name
+
+
+def load_model(params: Params) -> DiffusionModel:
+    prof = params.active_profile
+    device = resolve_device(prof.device)
+    model = load_diffusion(prof.model.id, device, autocast_dtype=DTYPES[prof.dtype])
+    if model.image_size != prof.model.image_size:
+        raise ValueError(
+            f"profiles.{params.profile}.model.image_size is {prof.model.image_size}, but "
+            f"{prof.model.id} takes {model.image_size}-px images"
+        )
+    return model
+
+
+def load_train_clip(params: Params, device) -> ClipModel:
+    c = params.active_profile.clip
+    return load_clip(c.name, c.pretrained, device)
+
+
+def load_eval_clip(params: Params, device) -> ClipModel:
+    c = params.active_evaluate.clip
+    return load_clip(c.name, c.pretrained, device)
+
+
+def load_metric_lpips(params: Params, device) -> Perceptual:
+    spec = params.active_profile.lpips
+    return load_lpips(spec.net, spec.allow_random_backbone, device)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write (temp file + rename): a killed stage never leaves a torn metrics file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0]) if rows else []
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def line_plot(
+    path: Path,
+    x,
+    series: dict[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hlines: dict[str, float] | None = None,
+    invert_x: bool = False,
+) -> None:
+    """A small PNG line plot (DVC's HTML plots need a CDN, so plots here are images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for label, ys in series.items():
+        ax.plot(x, ys, label=label, lw=1.6)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, ls="--", lw=1, color="gray")
+        ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
+    if invert_x:
+        ax.invert_xaxis()
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def check_dvc_layout(params: Params) -> None:
+    """dvc.yaml reads each attribute's params at ``catalog.<profile>.<attribute>``: insist on that layout."""
+    problems = []
+    if params.active_profile.catalog != params.profile:
+        problems.append(
+            f"profiles.{params.profile}.catalog: must be {params.profile!r} for the DVC pipeline "
+            f"(dvc.yaml tracks catalog.<profile>.<attribute>), got {params.active_profile.catalog!r}"
+        )
+    rows = params.catalog.get(params.profile, {})
+    for name in params.attributes:
+        if name not in rows:
+            problems.append(
+                f"attributes: {name!r} must be a row of catalog.{params.profile} for the DVC pipeline "
+                "(custom_attributes serve the Prefect flows)"
+            )
+    if problems:
+        raise ParamsError(problems, "params.yaml")
+
+
+def stage_main(run: Callable[..., dict], description: str, attribute: bool = False) -> Callable[[], None]:
+    """A CLI for a stage: ``--params``, ``--out`` (and the attribute); expected errors print one line, exit 2."""
+
+    def main(argv: list[str] | None = None) -> None:
+        ap = argparse.ArgumentParser(description=description)
+        if attribute:
+            ap.add_argument("attribute")
+        ap.add_argument("--params", default="params.yaml")
+        ap.add_argument("--out", default=str(OUT))
+        args = ap.parse_args(argv)
+        start = time.monotonic()
+        try:
+            params = load_params(args.params)
+            check_dvc_layout(params)
+            extra = (args.attribute,) if attribute else ()
+            summary = run(params, *extra, out=Path(args.out))
+        except (ParamsError, ModelLoadError, ValueError, FileNotFoundError) as err:
+            if os.environ.get("ASYRP_DEBUG"):
+                raise
+            print(f"error: {err}\n(set ASYRP_DEBUG=1 to see the traceback)", file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps({"seconds": round(time.monotonic() - start, 1), **(summary or {})}, default=_jsonable))
+
+    return main

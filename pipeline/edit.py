@@ -1,0 +1,103 @@
+"""Stage `edit@<attribute>`: edit the test images with the trained direction (Algorithm 1, Eq. 9).
+
+outputs/attributes/<a>/edit/images/<id>.png        edited test images at the attribute's coefficient
+outputs/attributes/<a>/edit/recon/<id>.png         the same process without the direction (coefficient 0)
+outputs/attributes/<a>/edit/edited.parquet         id, coefficient, edited image (uint8), for every run below
+outputs/attributes/<a>/edit/grid.png               rows: original | reconstruction | edited
+outputs/attributes/<a>/edit/strip.png              coefficient sweep (negative = extrapolation, Fig. 7)
+
+Every test image up to evaluate.n_images is edited at coefficients {0, c}; the first edit.n_images also
+at every coefficient of edit.sweep. Quality-boosting noise is seeded per image (edit.seed + row index).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asyrp.directions import check_compatible, load_direction
+from asyrp.edit import EditConfig, EditDirection, coefficient_sweep
+from asyrp.images import grid_image, save_images
+from asyrp.latents import LatentStore, write_shard
+
+from .common import OUT, Paths, load_model, read_json, stage_main, write_json
+from .params import Params
+
+
+def run(params: Params, attr: str, out: Path = OUT) -> dict:
+    ed, ev, inv, paths = params.active_edit, params.active_evaluate, params.active_inversion, Paths(out)
+    folder = paths.attribute(attr) / "edit"
+    model = load_model(params)
+    direction, dcfg = load_direction(paths.attribute(attr) / "train" / "direction", model.unet.device)
+    check_compatible(dcfg, model.unet.h_shape(), model.unet.temb_channels, model.model_id, model.num_train_timesteps)
+    sched = read_json(paths.attribute(attr) / "train" / "schedule.json")
+    cfg = EditConfig(sched["t_edit"], sched["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost, ed.normalize_multi)
+    coef = params.active_coefficients[attr]
+    store = LatentStore(paths.split("test"))
+    n_eval = min(len(store), max(ev.n_images, ed.n_images))
+    ids = store.ids[:n_eval]
+    cols = store.get(ids, ["x_T", "image"])
+    seeds = [ed.seed + i for i in range(n_eval)]
+    main_coefs = [0.0, coef]
+    edits = _sweep(model, direction, dcfg, cols["x_T"], main_coefs, cfg, seeds, ed.n_images)
+    n_show = min(ed.n_images, n_eval)
+    sweep = sorted(set(ed.sweep) | {0.0, coef})
+    strip = _sweep(model, direction, dcfg, cols["x_T"][:n_show], sweep, cfg, seeds[:n_show], ed.n_images)
+    save_images(edits[1], [folder / "images" / f"{i}.png" for i in ids])
+    save_images(edits[0], [folder / "recon" / f"{i}.png" for i in ids])
+    original = cols["image"].float().div(127.5).sub(1)
+    grid_image([original[:n_show], edits[0][:n_show], edits[1][:n_show]], ["original", "recon", f"c={coef:g}"]).save(
+        folder / "grid.png"
+    )
+    grid_image([strip[:, j] for j in range(n_show)], col_labels=[f"{c:g}" for c in sweep]).save(folder / "strip.png")
+    rows = [
+        (f"{i}@{c:g}", i, c, img)
+        for c, batch in zip(main_coefs, edits, strict=True)
+        for i, img in zip(ids, batch, strict=True)
+    ]
+    rows += [
+        (f"{i}@{c:g}", i, c, strip[k, j])
+        for k, c in enumerate(sweep)
+        for j, i in enumerate(ids[:n_show])
+        if c not in main_coefs
+    ]
+    images = ((torch.stack([r[3] for r in rows]).clamp(-1, 1) + 1) * 127.5).round().byte()
+    write_shard(
+        folder / "edited.parquet",
+        [r[0] for r in rows],
+        {"image": images.numpy()},
+        scalars={"image_id": [r[1] for r in rows], "coefficient": [float(r[2]) for r in rows]},
+        metadata={
+            "attribute": attr,
+            "t_edit": cfg.t_edit,
+            "t_boost": cfg.t_boost,
+            "n_gen_steps": cfg.n_gen_steps,
+            "model_id": model.model_id,
+        },
+    )
+    summary = {
+        "n_edited": n_eval,
+        "coefficient": coef,
+        "sweep": sweep,
+        "t_edit": cfg.t_edit,
+        "t_boost": cfg.t_boost,
+        "n_gen_steps": cfg.n_gen_steps,
+    }
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def _sweep(model, direction, dcfg, x_T, coefs, cfg, seeds, chunk) -> torch.Tensor:
+    """(K, N, 3, H, W) edits, batched K x chunk images at a time."""
+    parts = [
+        coefficient_sweep(model, x_T[i : i + chunk], EditDirection(direction, dcfg), coefs, cfg, seeds[i : i + chunk])
+        for i in range(0, x_T.shape[0], chunk)
+    ]
+    return torch.cat(parts, dim=1).cpu()
+
+
+main = stage_main(run, __doc__.splitlines()[0], attribute=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Stage `train@<attribute>`: choose t_edit / t_boost from the LPIPS curves, then train f_t (Algorithm 2).
+
+outputs/attributes/<a>/train/direction.{safetensors,json}  the direction and its config
+outputs/attributes/<a>/train/schedule.json                 t_edit, t_boost, prompt similarity, thresholds
+outputs/attributes/<a>/train/loss.csv, loss.png            loss per optimiser step (DVC plot)
+outputs/attributes/<a>/train/metrics.json                  final losses, time
+
+Training images come from outputs/latents/train (x_T, the real image as CLIP source, and the cached
+P_t^source); attributes with `from_noise: true` (App. J.2) train from x_T ~ N(0, I) instead, with the plain
+generation from x_T as the CLIP source image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from asyrp.api import new_direction
+from asyrp.ddim import timestep_grid
+from asyrp.directions import save_direction
+from asyrp.edit import random_latents
+from asyrp.latents import LatentStore
+from asyrp.losses import AsyrpLoss, LossConfig
+from asyrp.schedule import choose_schedule
+from asyrp.train import TrainBatch, TrainConfig, edit_interval, train_direction
+
+from .common import OUT, Paths, line_plot, load_model, load_train_clip, stage_main, write_csv, write_json
+from .params import Params
+from .schedule import load_curves
+
+
+def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict:
+    """t_edit (0.33 x cos(prompts) on LPIPS(x, P_t)), t_boost (1.2 on LPIPS(x, x_t)), or the overrides."""
+    spec, sch = params.attribute(attr), params.active_schedule
+    similarity = clip.prompt_similarity(spec.source, spec.target)
+    over = sch.overrides.get(attr)
+    s = choose_schedule(
+        load_curves(out),
+        similarity,
+        sch.lpips_edit_threshold,
+        sch.lpips_boost_threshold,
+        t_edit=over.t_edit if over else None,
+        t_boost=over.t_boost if over else None,
+    )
+    return {
+        "attribute": attr,
+        "source": spec.source,
+        "target": spec.target,
+        "clip_similarity": similarity,
+        "t_edit": s.t_edit,
+        "t_boost": s.t_boost,
+        "threshold_edit": s.threshold_edit,
+        "threshold_boost": s.threshold_boost,
+        "chosen_by": s.source,
+        "paper": spec.paper.model_dump() if spec.paper else None,
+    }
+
+
+def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Path):
+    """epoch -> TrainBatches, streamed from the latent shards (or seeded noise for from-noise attributes)."""
+    inv, tr, device = params.active_inversion, params.active_train, model.unet.device
+    if from_noise:
+        shape = (3, model.image_size, model.image_size)
+        x_T = random_latents(inv.n_train_images, shape, seed=tr.seed)
+        return lambda epoch: (
+            TrainBatch(x_T[i : i + tr.batch_size], ids=[f"noise{j}" for j in range(i, i + tr.batch_size)])
+            for i in range(0, len(x_T), tr.batch_size)
+        )
+    store = LatentStore(Paths(out).split("train"))
+    cached = store.metadata["source_pred_t"]
+    use_cache = bool(cached) and t_edit >= min(cached) and store.metadata["n_train_steps"] == tr.n_train_steps
+    cols = ["x_T", "image"] + (["source_pred"] if use_cache else [])
+
+    def batches(epoch: int):
+        for ids, c in store.iter_batches(cols, tr.batch_size):
+            preds = None
+            if use_cache:  # (B, K, 3, H, W) float16 -> {t: (B, 3, H, W)} for the interval's timesteps
+                preds = {t: c["source_pred"][:, k].float().to(device) for k, t in enumerate(cached) if t >= t_edit}
+            x0 = c["image"].float().div(127.5).sub(1)
+            yield TrainBatch(c["x_T"].to(device), source_pred=preds, x0=x0.to(device), ids=ids)
+
+    return batches
+
+
+def run(params: Params, attr: str, out: Path = OUT) -> dict:
+    spec, tr, inv = params.attribute(attr), params.active_train, params.active_inversion
+    folder = Paths(out).attribute(attr) / "train"
+    model = load_model(params)
+    clip = load_train_clip(params, model.unet.device)
+    sched = attribute_schedule(params, attr, clip, out)
+    write_json(folder / "schedule.json", sched)
+    loss_cfg = LossConfig(
+        lambda_clip=spec.lambda_clip,
+        lambda_recon=None if spec.lambda_recon == "auto" else float(spec.lambda_recon),
+        loss_form=tr.loss_form,
+        clip_source=tr.clip_source,
+        templates=tr.templates == "imagenet",
+    )
+    loss = AsyrpLoss(clip, spec.source, spec.target, loss_cfg)
+    info = {
+        "lambda_clip": spec.lambda_clip,
+        "lambda_recon": loss.lambda_recon,
+        "loss_form": tr.loss_form,
+        "clip_source": tr.clip_source,
+        "clip": f"{clip.name}/{clip.pretrained}",
+        "optimizer": tr.optimizer,
+        "lr": tr.lr,
+        "epochs": tr.epochs,
+        "n_images": inv.n_train_images,
+        "from_noise": spec.trains_from_noise,
+    }
+    direction, dcfg = new_direction(
+        model,
+        spec.source,
+        spec.target,
+        sched["t_edit"],
+        sched["t_boost"],
+        tr.direction,
+        tr.n_train_steps,
+        inv.spacing,
+        tr.seed,
+        **info,
+    )
+    cfg = TrainConfig(
+        t_edit=sched["t_edit"],
+        n_train_steps=tr.n_train_steps,
+        spacing=inv.spacing,
+        epochs=tr.epochs,
+        optimizer=tr.optimizer,
+        lr=tr.lr,
+        momentum=tr.momentum,
+        lr_step_size=tr.lr_step_size,
+        lr_gamma=tr.lr_gamma,
+        step_per=tr.step_per,
+        seed=tr.seed,
+    )
+    data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out)
+    n_steps = (
+        -(-inv.n_train_images // tr.batch_size)
+        * tr.epochs
+        * len(edit_interval(timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing), sched["t_edit"]))
+    )
+    bar = tqdm(total=n_steps, desc=f"train {attr}", unit="step")
+    rows: list[dict] = []
+
+    def on_step(s: dict) -> None:  # one row and one tick per (batch, t)
+        rows.append(
+            {"step": len(rows), **{k: s[k] for k in ("epoch", "batch", "t", "loss", "clip", "recon", "cos", "lr")}}
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{s['loss']:.3f}", t=s["t"])
+
+    start = time.monotonic()
+    history = train_direction(model, direction, loss, data, cfg, callback=on_step)
+    bar.close()
+    save_direction(direction, dcfg, folder / "direction")
+    write_csv(folder / "loss.csv", rows)
+    line_plot(
+        folder / "loss.png",
+        [r["step"] for r in rows],
+        {
+            "total": [r["loss"] for r in rows],
+            "lambda_CLIP * L_dir": [spec.lambda_clip * r["clip"] for r in rows],
+            "lambda_recon * L1": [loss.lambda_recon * r["recon"] for r in rows],
+        },
+        "optimiser step",
+        "loss",
+        f"{attr}: '{spec.source}' -> '{spec.target}'",
+    )
+    last = history[-max(1, len(history) // 10) :]  # the final tenth of the steps
+    metrics = {
+        "loss_final": _mean(last, "loss"),
+        "clip_loss_final": _mean(last, "clip"),
+        "recon_final": _mean(last, "recon"),
+        "steps": len(history),
+        "seconds": time.monotonic() - start,
+        "t_edit": sched["t_edit"],
+        "t_boost": sched["t_boost"],
+        "clip_similarity": sched["clip_similarity"],
+        "clip_is_pretrained": clip.is_pretrained,
+    }
+    write_json(folder / "metrics.json", metrics)
+    return metrics
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(torch.tensor([r[key] for r in rows]).mean())
+
+
+main = stage_main(run, __doc__.splitlines()[0], attribute=True)
+
+if __name__ == "__main__":
+    main()
