@@ -1,0 +1,33 @@
+"""Helpers for the pipeline tests: a fresh git copy of the repo and a subprocess environment."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool_env(extra: dict | None = None) -> dict:
+    """The test venv first on PATH (python, dvc), telemetry off, offline."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(extra or {}))
+    env.pop("ASYRP_DEBUG", None)
+    return env
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The tracked files of the repo (working-tree content) in a new git repo: what a clone gives."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+    return dest
