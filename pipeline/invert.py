@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asyrp.api import invert
-from asyrp.ddim import timestep_grid
-from asyrp.images import load_images, to_uint8
-from asyrp.latents import LatentStore, run_sharded
-from asyrp.train import source_trajectory
+from asyrp.bulk import BulkInversion, invert_to_shards
+from asyrp.latents import LatentStore
 
 from .common import OUT, Paths, load_model, read_csv, stage_main, write_json
 from .params import Params
@@ -43,68 +40,18 @@ def split_ids(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str,
     return {"train": items[:n_train], "test": items[n_train : n_train + n_test]}
 
 
-def _metadata(params: Params, model, split: str, cached_ts: list[int]) -> dict:
-    inv, train = params.active_inversion, params.active_train
-    return {
-        "model_id": model.model_id,
-        "image_size": model.image_size,
-        "split": split,
-        "n_inv_steps": inv.n_inv_steps,
-        "spacing": inv.spacing,
-        "seed": inv.seed,
-        "grid": timestep_grid(inv.n_inv_steps, model.num_train_timesteps, inv.spacing).tolist(),
-        "n_train_steps": train.n_train_steps,
-        "source_pred_t": cached_ts,
-        "dtype": inv.dtype,
-    }
-
-
 def run(params: Params, out: Path = OUT) -> dict:
     inv, paths = params.active_inversion, Paths(out)
     model = load_model(params)
     splits = split_ids(paths.data, inv.n_train_images, inv.n_test_images, inv.seed)
-    train_grid = timestep_grid(params.active_train.n_train_steps, model.num_train_timesteps, inv.spacing)
-    cached_ts = sorted((int(t) for t in train_grid if t >= inv.cache_min_t), reverse=True)
-    size = model.image_size
-    timings = {"images": 0, "seconds": 0.0, "passes": 0}  # passes: U-Net forwards per image, summed
-    passes = {"train": inv.n_inv_steps - 1 + len(cached_ts), "test": inv.n_inv_steps - 1 + len(train_grid)}
-
-    def process(split: str):
-        def batch(items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-            start = time.perf_counter()
-            x0 = load_images([p for _, p in items], size).to(model.unet.device)
-            x_T = invert(model, x0, inv.n_inv_steps, inv.spacing)
-            cols = {"image": to_uint8(x0).transpose(0, 3, 1, 2), "x_T": x_T.float().cpu().numpy()}
-            if split == "train":
-                preds, _ = source_trajectory(model, x_T, train_grid, inv.cache_min_t)
-                cols["source_pred"] = torch.stack([preds[t] for t in cached_ts], 1).half().cpu().numpy()
-            else:
-                _, recon = source_trajectory(model, x_T, train_grid, model.num_train_timesteps, full=True)
-                cols["recon"] = to_uint8(recon).transpose(0, 3, 1, 2)
-            timings["images"] += len(items)
-            timings["passes"] += len(items) * passes[split]
-            timings["seconds"] += time.perf_counter() - start
-            return cols
-
-        return batch
-
+    timings = {"images": 0, "seconds": 0.0, "passes": 0}
     for split, items in splits.items():
-        meta = _metadata(params, model, split, cached_ts if split == "train" else [])
-        run_sharded(
-            items,
-            paths.split(split),
-            process(split),
-            shard_size=inv.shard_size,
-            batch_size=inv.batch_size,
-            metadata=meta,
-            overwrite=True,
-        )
-    metrics = {
-        "n_train": len(splits["train"]),
-        "n_test": len(splits["test"]),
-        **_recon_error(paths),
-        **_throughput(model, inv, timings),
-    }
+        cfg = BulkInversion(inv.n_inv_steps, inv.spacing, params.active_train.n_train_steps,
+                            cache_source=split == "train", cache_min_t=inv.cache_min_t, reconstruct=split == "test",
+                            shard_size=inv.shard_size, batch_size=inv.batch_size, timings=timings)
+        invert_to_shards(model, items, paths.split(split), cfg, {"split": split, "seed": inv.seed, "dtype": inv.dtype})
+    metrics = {"n_train": len(splits["train"]), "n_test": len(splits["test"]), **_recon_error(paths),
+               **_throughput(model, inv, timings)}
     write_json(out / "invert" / "metrics.json", metrics)
     return metrics
 

@@ -1,0 +1,201 @@
+"""Benchmark every hot path against one plain U-Net forward on the same model, batch and device.
+
+    python -m asyrp.bench --model small|ddpm256 [--batch B] [--device cpu|cuda] [--repeats R] [--dtype bf16]
+
+Prints one JSON object. Every ``*_ratio`` is (median time of the path) / (median time of one plain U-Net
+forward), measured in this process after warm-up, so ratios compare like with like:
+
+    inversion_step_ratio   one DDIM inversion step (forward + update)               limit 1.0
+    plain_step_ratio       one generation step outside the editing interval          limit 1.0
+    up_path_ratio          the up path alone (its share of a forward)
+    edit_step_ratio        one step inside the interval: one down pass, both up passes batched, f_t
+                           (limit 1 + up_path_ratio; naive two forwards = 2.0)
+    naive_edit_step_ratio  the same step as two full passes, measured
+    train_step_ratio       ours: down (no graph) + up + f_t + up with graph + CLIP loss + backward + SGD step,
+                           P_t^source read from the invert stage's cache
+    naive_train_step_ratio the official way: edited path as two full forwards (the second with a graph through
+                           the whole U-Net), source path recomputed by a third forward, same loss and step
+    stage_throughput_ratio images/s of bulk inversion into Parquet shards / (images/s of bare forwards at the
+                           same number of passes)                                     limit 1.0
+    peak_rss_mb_1x/_4x     peak RSS of bulk inversion of N and 4N images (fresh processes; flat = bounded)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MODELS = {"small": ("offline:small", 32, "offline:tiny"), "ddpm256": ("offline:ddpm-256-random", 256, "ViT-B-16")}
+
+
+def median_time(fn, repeats: int, device) -> float:
+    fn()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _clip(name: str, device):
+    from .clip import load_clip
+
+    if name.startswith("offline:"):
+        return load_clip(name, None, device)
+    return load_clip(name, None, device)  # random weights: the cost is the architecture's, not the weights'
+
+
+def step_paths(model, clip, batch: int, repeats: int) -> dict:
+    """Times of the per-step paths, as ratios to one plain forward."""
+    from .api import new_direction
+    from .ddim import alpha_prod, ddim_step, pred_original_sample
+    from .losses import AsyrpLoss, LossConfig
+
+    unet, dev = model.unet, model.unet.device
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, model.image_size, model.image_size, generator=g).to(dev)
+    t, a_t, a_prev = 500, alpha_prod(model.alphas_cumprod, 500), alpha_prod(model.alphas_cumprod, 475)
+    direction, _ = new_direction(model, "a face", "a smiling face", t_edit=400)
+    opt = torch.optim.SGD(direction.parameters(), lr=0.5)
+    loss_fn = AsyrpLoss(clip, "a face", "a smiling face", LossConfig(templates=False))
+    src_pred = torch.randn_like(x)
+    src_emb = loss_fn.source_embedding(src_pred)
+    res = {}
+    with torch.inference_mode():
+        res["forward_s"] = median_time(lambda: unet(x, t), repeats, dev)
+        state = unet.down(x, t)
+        res["up_path"] = median_time(lambda: unet.up(state), repeats, dev)
+        res["inversion_step"] = median_time(lambda: ddim_step(x, unet(x, t), a_t, a_prev), repeats, dev)
+        res["plain_step"] = median_time(lambda: ddim_step(x, unet(x, t), a_t, a_prev), repeats, dev)
+
+        def edit_step():
+            s = unet.down(x, t)
+            eps, eps_edit = unet.eps_pair(s, direction(s.h, t, s.emb))
+            return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
+
+        def naive_edit_step():  # two full passes, delta_h inserted by a hook (the official way)
+            s = unet.down(x, t)
+            eps_edit = unet.up(unet.down(x, t), s.h + direction(s.h, t, s.emb))
+            return ddim_step(x, unet(x, t), a_t, a_prev, eps_edit=eps_edit)
+
+        res["edit_step"] = median_time(edit_step, repeats, dev)
+        res["naive_edit_step"] = median_time(naive_edit_step, repeats, dev)
+
+    def train_step():
+        with torch.no_grad():
+            s = unet.down(x, t)
+            eps = unet.up(s)
+        eps_edit = unet.up(s, s.h + direction(s.h, t, s.emb))
+        loss, _ = loss_fn(pred_original_sample(x, eps_edit, a_t), src_pred, src_emb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
+
+    def naive_train_step():
+        with torch.no_grad():
+            eps = unet(x, t)  # full pass 1: plain eps of the edited path
+            eps_src = unet(x, t)  # full pass 3: the source path, recomputed every step
+            p_src = pred_original_sample(x, eps_src, a_t)
+        s = unet.down(x, t)  # full pass 2 with a graph through the whole U-Net
+        eps_edit = unet.up(s, s.h + direction(s.h, t, s.emb))
+        loss, _ = loss_fn(pred_original_sample(x, eps_edit, a_t), p_src, src_emb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
+
+    res["train_step"] = median_time(train_step, repeats, dev)
+    res["naive_train_step"] = median_time(naive_train_step, repeats, dev)
+    f = res.pop("forward_s")
+    out = {"forward_s": f}
+    out.update({f"{k}_ratio": v / f for k, v in res.items()})
+    return out
+
+
+def _bulk_worker(model_id: str, n: int, batch: int, device: str, queue) -> None:
+    """In a fresh process: bulk-invert n generated images; report time and peak RSS."""
+    from .bulk import BulkInversion, invert_to_shards
+    from .data import make_shapes_dataset
+    from .models import load_diffusion
+
+    torch.set_num_threads(torch.get_num_threads())
+    model = load_diffusion(model_id, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_shapes_dataset(Path(tmp) / "data", n, model.image_size, seed=1)
+        items = [(f"{i:05d}", str(Path(tmp) / "data" / "images" / f"{i:05d}.png")) for i in range(n)]
+        cfg = BulkInversion(n_inv_steps=10, n_train_steps=10, cache_min_t=300, shard_size=2 * batch, batch_size=batch)
+        invert_to_shards(model, items, Path(tmp) / "latents", cfg, {"bench": True}, progress=False)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put({"seconds": cfg.timings["seconds"], "passes": cfg.timings["passes"], "peak_rss_mb": peak})
+
+
+def bulk_stats(model_id: str, n: int, batch: int, device: str) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_bulk_worker, args=(model_id, n, batch, device, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="small")
+    ap.add_argument("--batch", type=int, default=None, help="default: 8 (small), 1 (ddpm256)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="U-Net autocast (CUDA only)")
+    ap.add_argument("--bulk-images", type=int, default=None, help="N for the bulk-inversion runs (4N too)")
+    ap.add_argument("--skip-bulk", action="store_true")
+    args = ap.parse_args(argv)
+    from .models import load_diffusion
+
+    model_id, size, clip_name = MODELS[args.model]
+    batch = args.batch or (8 if args.model == "small" else 1)
+    device = torch.device(args.device)
+    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = load_diffusion(model_id, device, autocast_dtype=autocast)
+    out = {
+        "model": args.model,
+        "model_id": model_id,
+        "image_size": size,
+        "batch": batch,
+        "device": str(device),
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params_m": round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 2),
+        "h_shape": list(model.unet.h_shape()),
+        "clip": clip_name,
+    }
+    out.update(step_paths(model, _clip(clip_name, device), batch, args.repeats))
+    if not args.skip_bulk:
+        n = args.bulk_images or (4 * batch if args.model == "small" else 2 * batch)
+        one, four = bulk_stats(model_id, n, batch, args.device), bulk_stats(model_id, 4 * n, batch, args.device)
+        ideal = four["passes"] / batch * out["forward_s"]  # seconds if the stage were nothing but forwards
+        out.update(
+            stage_throughput_ratio=ideal / four["seconds"],
+            peak_rss_mb_1x=one["peak_rss_mb"],
+            peak_rss_mb_4x=four["peak_rss_mb"],
+            bulk_images=[n, 4 * n],
+        )
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
+
+
+if __name__ == "__main__":
+    main()
