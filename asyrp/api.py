@@ -9,6 +9,7 @@ from .ddim import ddim_invert, timestep_grid
 from .directions import DirectionConfig, build_direction
 from .hspace import check_image_batch
 from .models import DiffusionModel
+from .seeding import seeded
 
 Tensor = torch.Tensor
 
@@ -64,7 +65,6 @@ def new_direction(
         timesteps=[int(t) for t in grid if t >= t_edit] if kind == "delta_h_t" else [],
         train=dict(train_info),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         direction = build_direction(config)
     return direction.to(model.unet.device), config

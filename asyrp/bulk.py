@@ -52,6 +52,7 @@ def invert_to_shards(
     cfg: BulkInversion,
     metadata: dict,
     progress: bool = True,
+    only_shards: Sequence[int] | None = None,
 ):
     """DDIM-invert image files ``(id, path)`` into Parquet shards under ``out_dir``; resumable."""
     T = model.num_train_timesteps
@@ -94,5 +95,6 @@ def invert_to_shards(
         batch_size=cfg.batch_size,
         metadata=meta,
         overwrite=True,
+        only_shards=only_shards,
         progress=progress,
     )

@@ -3,7 +3,8 @@
 ``load_clip(name, pretrained)``: ``name`` is an open_clip model name (``ViT-B-16``, ``ViT-B-32``, ...);
 ``pretrained`` an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local checkpoint path.
 ``offline:tiny`` builds a tiny random CLIP (tests and the plumbing-only offline profile): it exercises
-every code path but its scores mean nothing.
+every code path but its scores mean nothing. ``offline:toy-clip`` is the toy world's trained CLIP
+(32-px shapes and their captions, shipped in ``asyrp/assets/toy``; see ``asyrp.toy``).
 
 Preprocessing follows the official code (DiffusionCLIP's CLIPLoss) on tensors, so gradients flow to
 the image: [-1, 1] -> [0, 1], bicubic resize of the short side to the model's input size, center crop,
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import ModelLoadError, host_reachable
+from .seeding import seeded
 
 Tensor = torch.Tensor
 
@@ -100,8 +102,7 @@ def _tiny_clip() -> tuple[nn.Module, object, int]:
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0):
         model = open_clip.CLIP(
             embed_dim=64,
             vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
@@ -117,6 +118,10 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device=
     if name == "offline:tiny":
         model, tok, size = _tiny_clip()
         return ClipModel(model, tok, name, None, size, OPENAI_MEAN, OPENAI_STD).to(device)
+    if name == "offline:toy-clip":  # the toy world's CLIP, trained by asyrp.toy.train_clip, shipped in assets
+        from .toy.models import load_toy_clip
+
+        return load_toy_clip(device=device)
     if name not in open_clip.list_models():
         raise ModelLoadError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     if pretrained and not Path(pretrained).expanduser().exists():

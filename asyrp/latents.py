@@ -286,14 +286,18 @@ def _keep_valid(existing: dict[int, dict], chunks: list, out_dir: Path) -> dict[
     return keep
 
 
-def _lock(out_dir: Path) -> int:
-    """Exclusive lock on the directory, one writer at a time (the kernel frees it even on kill -9)."""
-    fd = os.open(out_dir, os.O_RDONLY)
+def _lock(out_dir: Path, shard: int | None = None) -> int:
+    """Exclusive lock on the directory (or on one shard), one writer at a time (freed even on kill -9)."""
+    if shard is None:
+        fd = os.open(out_dir, os.O_RDONLY)
+    else:  # shard workers (Dask/Prefect) share the directory: lock the shard only
+        fd = os.open(out_dir / f".lock-shard-{shard:05d}", os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RuntimeError(f"another process is writing shards into {out_dir}") from None
+        what = out_dir if shard is None else f"shard {shard} of {out_dir}"
+        raise RuntimeError(f"another process is writing {what}") from None
     return fd
 
 
@@ -308,6 +312,7 @@ def run_sharded(
     scalars_fn: Callable[[list[tuple[str, Any]]], dict[str, list]] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    only_shards: Sequence[int] | None = None,
 ) -> list[Path]:
     """Compute process_batch over (id, payload) items into resumable shards; returns the shard paths.
 
@@ -317,6 +322,10 @@ def run_sharded(
     Existing shards with the same metadata and ids are kept; torn ones, and those whose ids changed
     (items or shard_size differ), are recomputed with a warning. Shards with other metadata raise
     MetadataMismatchError unless overwrite=True, which deletes and recomputes them.
+
+    ``only_shards``: compute just these shard indices (for workers that share the directory, e.g. tasks
+    mapped over shards on a Dask cluster); no index is written. A final call without it validates every
+    shard, computes any still missing, and writes the index.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
@@ -325,13 +334,16 @@ def run_sharded(
         raise ValueError("item ids must be unique")
     out_dir, metadata = Path(out_dir), _normalise(metadata)
     out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [items[k : k + shard_size] for k in range(0, len(items), shard_size)]
+    paths = [out_dir / f"shard-{k:05d}.parquet" for k in range(len(chunks))]
+    if only_shards is not None:
+        return _run_some(items, chunks, paths, out_dir, process_batch, scalars_fn, batch_size, metadata,
+                         overwrite, sorted(set(only_shards)))
     lock = _lock(out_dir)
     try:
         existing = _scan_existing(out_dir, metadata, overwrite)
         for stale in [*out_dir.glob("*.tmp-*"), out_dir / INDEX_NAME]:  # leftovers of a killed run
             stale.unlink(missing_ok=True)  # the index comes back only once every shard is complete
-        chunks = [items[k : k + shard_size] for k in range(0, len(items), shard_size)]
-        paths = [out_dir / f"shard-{k:05d}.parquet" for k in range(len(chunks))]
         headers = _keep_valid(existing, chunks, out_dir)
         done = sum(h["num_rows"] for h in headers.values())
         with tqdm(total=len(items), initial=done, disable=not progress, unit="item", desc=out_dir.name) as bar:
@@ -347,6 +359,33 @@ def run_sharded(
     finally:
         os.close(lock)
     return paths
+
+
+def _run_some(items, chunks, paths, out_dir, process_batch, scalars_fn, batch_size, metadata, overwrite, ks):
+    """Compute shards ``ks`` only, each under its own lock; a valid shard already there is kept."""
+    bad = [k for k in ks if not 0 <= k < len(chunks)]
+    if bad:
+        raise ValueError(f"shards {bad} out of range: {len(items)} items make {len(chunks)} shards")
+    for k in ks:
+        lock = _lock(out_dir, k)
+        try:
+            for stale in out_dir.glob(f"{paths[k].name}.tmp-*"):
+                stale.unlink(missing_ok=True)
+            try:
+                header = read_shard_header(paths[k]) if paths[k].exists() else None
+            except Exception:  # noqa: BLE001 - torn or foreign: recompute
+                header = None
+            ok = header is not None and header["ids_sha256"] == ids_fingerprint([i for i, _ in chunks[k]])
+            if ok and header["metadata"] != metadata:
+                if not overwrite:
+                    raise MetadataMismatchError(f"{paths[k]} was written with other metadata")
+                ok = False
+            if not ok:
+                with tqdm(total=len(chunks[k]), disable=True) as bar:
+                    _compute_shard(paths[k], chunks[k], process_batch, scalars_fn, batch_size, metadata, bar)
+        finally:
+            os.close(lock)
+    return [paths[k] for k in ks]
 
 
 def _layout(header: dict) -> tuple[list, list]:

@@ -5,7 +5,11 @@ Model ids:
     ``google/ddpm-ema-*`` variants (any diffusers DDPM repo with a UNet2DModel and a scheduler config);
     a local folder in diffusers format (``config.json`` + weights at its root or under ``unet/``);
     ``offline:small``: a small UNet2DModel built from a config with seeded random weights (tests and the
-    plumbing-only offline profile).
+    plumbing-only offline profile); ``offline:toy``: the toy world's trained 32-px DDPM shipped in
+    ``asyrp/assets/toy`` (see ``asyrp.toy``);
+    a checkpoint file: ``.pt`` (guided-diffusion: the paper's AFHQ-dog iDDPM and METFACES P2-ADM) or ``.ckpt``
+    (original DDPM: SDEdit's CelebA-HQ, LSUN church/bedroom), converted by ``asyrp.archs`` (presets there);
+    ``offline:random:<preset>``: a checkpoint preset's architecture with seeded random weights.
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .hspace import HUNet
+from .seeding import seeded
+
+if TYPE_CHECKING:
+    from .archs.presets import Preset
 
 PAPER_MODEL_IDS = (
     "google/ddpm-celebahq-256",
@@ -92,8 +101,7 @@ def build_unet(config: dict, seed: int = 0):
     """A UNet2DModel from a config dict with seeded random weights."""
     from diffusers import UNet2DModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return UNet2DModel(**config)
 
 
@@ -152,15 +160,52 @@ def load_diffusion(
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
+    preset: str | Preset | None = None,
+    sha256: str | None = None,
 ) -> DiffusionModel:
-    """Load a frozen diffusion model by hub id, local folder, or ``offline:small``."""
+    """Load a frozen diffusion model by hub id, local folder, checkpoint file, or built-in ``offline:*`` id.
+
+    A ``.pt`` / ``.ckpt`` / ``.pth`` / ``.bin`` path is a guided-diffusion (iDDPM / ADM) or original-DDPM state
+    dict, converted to a ``UNet2DModel`` by :mod:`asyrp.archs`: ``preset`` (a name of
+    ``asyrp.archs.PRESETS`` or a ``Preset``) gives its architecture and schedule, default: inferred from the
+    file name; ``sha256`` pins the file's hash, verified before loading. ``offline:random:<preset>``: that
+    preset's architecture with seeded random weights.
+    """
     device = torch.device(device)
+    from .archs.checkpoint import is_checkpoint_path
+
+    if (preset is not None or sha256) and not is_checkpoint_path(model_id):
+        raise ModelLoadError(
+            f"preset / sha256 apply to checkpoint files (.pt, .ckpt, .pth, .bin), not to {model_id!r}: remove "
+            f"them, or point the model id at the checkpoint file"
+        )
     if model_id == "offline:small":
         unet, sched_cfg = build_unet(SMALL_UNET_CONFIG, seed), dict(DDPM_SCHEDULE)
     elif model_id == "offline:ddpm-256-random":
         unet, sched_cfg = build_unet(DDPM_256_CONFIG, seed), dict(DDPM_SCHEDULE)
+    elif model_id == "offline:toy":  # the toy world's DDPM, trained by asyrp.toy.train_ddpm, shipped in assets
+        from .toy.models import load_toy_unet
+
+        unet, sched_cfg = load_toy_unet(), dict(DDPM_SCHEDULE)
+    elif model_id.startswith("offline:random:"):  # a checkpoint preset's architecture, random weights
+        from .archs import build_unet as build_arch
+        from .archs import get_preset
+
+        try:
+            spec = get_preset(model_id.removeprefix("offline:random:"))
+        except KeyError as exc:
+            raise ModelLoadError(str(exc.args[0])) from None
+        unet, sched_cfg = build_arch(spec.arch, seed=seed).eval(), dict(spec.schedule)
     elif model_id.startswith("offline:"):
-        raise ModelLoadError(f"unknown built-in model {model_id!r}; built-ins: offline:small, offline:ddpm-256-random")
+        raise ModelLoadError(
+            f"unknown built-in model {model_id!r}; built-ins: offline:small, offline:ddpm-256-random, offline:toy, "
+            f"offline:random:<checkpoint preset>"
+        )
+    elif is_checkpoint_path(model_id):  # guided-diffusion .pt / original DDPM .ckpt, converted
+        from .archs import load_checkpoint
+
+        loaded = load_checkpoint(model_id, preset, sha256=sha256)
+        unet, sched_cfg = loaded.unet, dict(loaded.preset.schedule)
     else:
         unet, sched_cfg = _load_pretrained(model_id, device)
     betas, alphas_cumprod = schedule_from_config(sched_cfg)

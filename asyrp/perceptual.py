@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .models import ModelLoadError, host_reachable
+from .seeding import seeded
 
 TORCHVISION_WEIGHTS = {
     "alex": "alexnet-owt-7be5be79.pth",
@@ -62,8 +63,7 @@ def load_lpips(net: str = "alex", allow_random_backbone: bool = False, device="c
     if not available:
         warnings.warn(RANDOM_BACKBONE_NOTE, stacklevel=2)
     # A random backbone is seeded, so its numbers (and the t_edit / t_boost chosen with them) are reproducible.
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+    with warnings.catch_warnings(), seeded(0):
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # "pretrained" deprecation
-        torch.manual_seed(0)
         metric = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not available, verbose=False)
     return Perceptual(metric, net, is_paper_metric=available).to(device)

@@ -47,7 +47,8 @@ class Paths:
 def load_model(params: Params) -> DiffusionModel:
     prof = params.active_profile
     device = resolve_device(prof.device)
-    model = load_diffusion(prof.model.id, device, autocast_dtype=DTYPES[prof.dtype])
+    spec = prof.model
+    model = load_diffusion(spec.id, device, autocast_dtype=DTYPES[prof.dtype], preset=spec.preset, sha256=spec.sha256)
     if model.image_size != prof.model.image_size:
         raise ValueError(
             f"profiles.{params.profile}.model.image_size is {prof.model.image_size}, but "
@@ -157,6 +158,27 @@ def check_dvc_layout(params: Params) -> None:
         raise ParamsError(problems, "params.yaml")
 
 
+def _stage_name(run: Callable) -> str:
+    """'train' for pipeline.train.run, also when the module runs as __main__ (python -m)."""
+    module = sys.modules.get(run.__module__)
+    spec = getattr(module, "__spec__", None)
+    return (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
+
+
+def track(params: Params, stage: str, attribute: str | None, out: Path) -> None:
+    """Log the stage's outputs to MLflow; a tracking failure warns but never fails the finished stage."""
+    from . import tracking
+
+    if not tracking.enabled():
+        return
+    try:
+        run_id = tracking.log_stage(params, stage, attribute, out)
+        where = f"{stage}@{attribute}" if attribute else stage
+        print(f"mlflow: logged {where} to run {run_id} ({tracking.tracking_uri()})")
+    except Exception as err:  # noqa: BLE001 - the stage's outputs are safe on disk; say what failed
+        print(f"warning: MLflow logging of {stage} failed ({type(err).__name__}: {err})", file=sys.stderr)
+
+
 def stage_main(run: Callable[..., dict], description: str, attribute: bool = False) -> Callable[[], None]:
     """A CLI for a stage: ``--params``, ``--out`` (and the attribute); expected errors print one line, exit 2."""
 
@@ -179,5 +201,6 @@ def stage_main(run: Callable[..., dict], description: str, attribute: bool = Fal
             print(f"error: {err}\n(set ASYRP_DEBUG=1 to see the traceback)", file=sys.stderr)
             sys.exit(2)
         print(json.dumps({"seconds": round(time.monotonic() - start, 1), **(summary or {})}, default=_jsonable))
+        track(params, _stage_name(run), extra[0] if extra else None, Path(args.out))
 
     return main

@@ -1,6 +1,7 @@
 """Stage `download`: the profile's dataset -> outputs/data/{images/*.png, manifest.csv, report.json}.
 
-Sources: procedural shapes (`synthetic`, the offline default); a local folder (`folder`, or
+Sources: the toy world (`toy`: procedural shapes with known factors, see `asyrp.toy`); procedural
+shapes (`synthetic`, the plumbing profile); a local folder (`folder`, or
 `data/<source>` when it exists: put images there and `dvc add data`); otherwise the registry entry of the
 paper's dataset (documented URL, verified checksum, cached under $ASYRP_DATA_CACHE). Every bad file is
 converted or skipped with its reason counted in report.json. The stage is `always_changed` in dvc.yaml:
@@ -34,6 +35,11 @@ def run(params: Params, out: Path = OUT) -> dict:
     inv = params.active_inversion
     n_needed = inv.n_train_images + inv.n_test_images
     n_images = params.active_profile.dataset.n_images or n_needed
+    if params.active_profile.dataset.source == "toy":  # the toy world: shapes with known factors
+        from asyrp.toy.data import make_toy_dataset
+
+        report = make_toy_dataset(Paths(out).data, n_images, params.active_profile.model.image_size, inv.seed)
+        return {"images": report["written"], "skipped": 0, "needed": n_needed}
     report = prepare_dataset(
         dataset_source(params), Paths(out).data, params.active_profile.model.image_size, n_images, seed=inv.seed
     )

@@ -1,37 +1,36 @@
-"""Stage `evaluate@<attribute>`: directional CLIP similarity S_dir (Eq. 17) and LPIPS to the original.
+"""Stage `evaluate@<attribute>`: S_dir (Eq. 17), segmentation consistency SC and LPIPS to the original (App. K).
 
 outputs/attributes/<a>/evaluate/metrics.json    means with 95% t-intervals, and what each metric used
 outputs/attributes/<a>/evaluate/per_image.csv   per test image
 
 S_dir = cos(E_I(edited) - E_I(original), E_T(target) - E_T(source)) with the evaluation CLIP
-(evaluate.clip; ViT-B/32 OpenAI for real runs), plain prompts. LPIPS(original, edited) measures
-preservation, LPIPS(original, reconstruction) the floor set by inversion + generation alone.
-Metrics made with a random CLIP or a random LPIPS backbone say so in metrics.json.
+(evaluate.clip; ViT-B/32 OpenAI for real runs), plain prompts. SC = pixel accuracy between the label maps
+of the reference (evaluate.sc.reference: the original, or its reconstruction) and the edited image, with
+the profile's segmenter (profiles.<p>.segmenter; none = no SC); sc_recon = SC(original, reconstruction), the
+agreement that inversion + generation alone keep (an edit's SC rarely exceeds it). LPIPS(original, edited) measures
+preservation, LPIPS(original, reconstruction) its floor. Metrics made with a random CLIP, a random
+segmenter or an LPIPS that is not the pretrained AlexNet say so in metrics.json.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from asyrp.images import load_images
 from asyrp.latents import LatentStore
-from asyrp.losses import directional_cos
+from asyrp.metrics import directional_similarity, mean_ci, segmentation_consistency
+from asyrp.segment import load_segmenter
 
 from .common import OUT, Paths, load_eval_clip, load_metric_lpips, read_json, stage_main, write_csv, write_json
 from .params import Params
 
+__all__ = ["mean_ci", "run", "main"]
 
-def mean_ci(values: torch.Tensor) -> dict:
-    """Mean and the half-width of its 95% Student-t interval."""
-    from scipy import stats
 
-    v = values.double()
-    n = v.numel()
-    half = float(stats.t.ppf(0.975, n - 1) * v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": float(v.mean()), "ci95": half, "n": n}
+def _batched_lpips(lpips, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([lpips(x[i : i + batch_size], y[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -42,15 +41,13 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     store = LatentStore(paths.split("test"))
     ids = store.ids[: min(ev.n_images, summary["n_edited"])]
     device = "cuda" if torch.cuda.is_available() and params.active_profile.device != "cpu" else "cpu"
-    original = store.get(ids, ["image"])["image"].float().div(127.5).sub(1).to(device)
+    original = store.get(ids, ["image"])["image"].float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
     size = original.shape[-1]
-    edited = load_images([edit_dir / "images" / f"{i}.png" for i in ids], size).to(device)
-    recon = load_images([edit_dir / "recon" / f"{i}.png" for i in ids], size).to(device)
+    edited = load_images([edit_dir / "images" / f"{i}.png" for i in ids], size)
+    recon = load_images([edit_dir / "recon" / f"{i}.png" for i in ids], size)
+
     clip = load_eval_clip(params, device)
-    text_dir = torch.nn.functional.normalize(
-        clip.encode_text([spec.target])[0] - clip.encode_text([spec.source])[0], dim=0
-    )
-    s_dir = directional_cos(clip.encode_image(edited), clip.encode_image(original), text_dir).cpu()
+    s_dir = directional_similarity(clip, original, edited, spec.source, spec.target, ev.batch_size)
     per_image = {"id": ids, "s_dir": s_dir.tolist()}
     metrics = {
         "attribute": attr,
@@ -61,15 +58,39 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "clip_is_pretrained": clip.is_pretrained,
         "coefficient": summary["coefficient"],
     }
+    del clip
+
+    seg_spec = params.active_profile.segmenter
+    if ev.sc.enabled and seg_spec is not None:
+        seg = load_segmenter(seg_spec.id, device, seg_spec.sha256, seg_spec.input_size)
+        reference = original if ev.sc.reference == "original" else recon
+        sc = segmentation_consistency(seg, reference, edited, ev.sc.batch_size, ev.sc.ignore_index)
+        per_image["sc"] = sc.tolist()
+        metrics.update(
+            sc=mean_ci(sc),
+            sc_reference=ev.sc.reference,
+            segmenter=seg.note,
+            segmenter_id=seg_spec.id,
+            segmenter_sha256=seg.sha256,
+            segmenter_is_pretrained=seg.is_pretrained,
+        )
+        if ev.sc.reference == "original":
+            sc_recon = segmentation_consistency(seg, original, recon, ev.sc.batch_size, ev.sc.ignore_index)
+            per_image["sc_recon"] = sc_recon.tolist()
+            metrics["sc_recon"] = mean_ci(sc_recon)
+        del seg
+
     if ev.lpips:
         lpips = load_metric_lpips(params, device)
-        d_edit, d_recon = lpips(original, edited).cpu(), lpips(original, recon).cpu()
+        x, e, r = original.to(device), edited.to(device), recon.to(device)
+        d_edit, d_recon = _batched_lpips(lpips, x, e, ev.batch_size), _batched_lpips(lpips, x, r, ev.batch_size)
         per_image.update(lpips_edit=d_edit.tolist(), lpips_recon=d_recon.tolist())
         metrics.update(
             lpips_edit=mean_ci(d_edit),
             lpips_recon=mean_ci(d_recon),
             lpips=lpips.note,
-            lpips_is_paper_metric=lpips.is_paper_metric,
+            # the paper's metric is LPIPS with the pretrained AlexNet backbone, nothing else
+            lpips_is_paper_metric=lpips.is_paper_metric and lpips.net == "alex",
         )
     write_csv(
         folder / "per_image.csv",

@@ -40,20 +40,47 @@ def split_ids(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str,
     return {"train": items[:n_train], "test": items[n_train : n_train + n_test]}
 
 
-def run(params: Params, out: Path = OUT) -> dict:
+def _bulk_config(params: Params, split: str, timings: dict | None = None) -> BulkInversion:
+    inv = params.active_inversion
+    return BulkInversion(inv.n_inv_steps, inv.spacing, params.active_train.n_train_steps,
+                         cache_source=split == "train", cache_min_t=inv.cache_min_t, reconstruct=split == "test",
+                         shard_size=inv.shard_size, batch_size=inv.batch_size,
+                         timings=timings if timings is not None else {"images": 0, "seconds": 0.0, "passes": 0})
+
+
+def plan(params: Params, out: Path = OUT) -> list[tuple[str, int]]:
+    """Every (split, shard index) of this run: the units that flows map over workers."""
+    inv = params.active_inversion
+    splits = split_ids(Paths(out).data, inv.n_train_images, inv.n_test_images, inv.seed)
+    return [(split, k) for split, items in splits.items() for k in range(-(-len(items) // inv.shard_size))]
+
+
+def run_shards(params: Params, split: str, shards: list[int] | None, out: Path = OUT, model=None,
+               timings: dict | None = None) -> None:
+    """Invert one split, or only some of its shards (shard workers; no index is written then)."""
     inv, paths = params.active_inversion, Paths(out)
-    model = load_model(params)
-    splits = split_ids(paths.data, inv.n_train_images, inv.n_test_images, inv.seed)
-    timings = {"images": 0, "seconds": 0.0, "passes": 0}
-    for split, items in splits.items():
-        cfg = BulkInversion(inv.n_inv_steps, inv.spacing, params.active_train.n_train_steps,
-                            cache_source=split == "train", cache_min_t=inv.cache_min_t, reconstruct=split == "test",
-                            shard_size=inv.shard_size, batch_size=inv.batch_size, timings=timings)
-        invert_to_shards(model, items, paths.split(split), cfg, {"split": split, "seed": inv.seed, "dtype": inv.dtype})
-    metrics = {"n_train": len(splits["train"]), "n_test": len(splits["test"]), **_recon_error(paths),
+    model = model or load_model(params)
+    items = split_ids(paths.data, inv.n_train_images, inv.n_test_images, inv.seed)[split]
+    meta = {"split": split, "seed": inv.seed, "dtype": inv.dtype}
+    invert_to_shards(model, items, paths.split(split), _bulk_config(params, split, timings), meta,
+                     progress=shards is None, only_shards=shards)
+
+
+def finish(params: Params, out: Path = OUT, model=None, timings: dict | None = None) -> dict:
+    """Validate every shard (computing any missing), write the indexes and outputs/invert/metrics.json."""
+    model = model or load_model(params)
+    timings = timings if timings is not None else {"images": 0, "seconds": 0.0, "passes": 0}
+    for split in ("train", "test"):
+        run_shards(params, split, None, out, model, timings)
+    inv = params.active_inversion
+    metrics = {"n_train": inv.n_train_images, "n_test": inv.n_test_images, **_recon_error(Paths(out)),
                **_throughput(model, inv, timings)}
     write_json(out / "invert" / "metrics.json", metrics)
     return metrics
+
+
+def run(params: Params, out: Path = OUT) -> dict:
+    return finish(params, out)
 
 
 def _recon_error(paths: Paths) -> dict:

@@ -113,12 +113,16 @@ class AttributeSpec(Strict):
 
 
 class ModelSpec(Strict):
-    id: Text  # "offline:small", a hub id or a local folder/file
+    id: Text  # "offline:small", a hub id, a local diffusers folder, or a .pt/.ckpt checkpoint file
     image_size: int = Field(ge=8)
+    # Checkpoint files only (asyrp.archs): the architecture preset (None = inferred from the file name) and
+    # the file's sha256, verified before loading (None = not checked).
+    preset: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = None
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
 
 
 class DatasetSpec(Strict):
-    source: Literal["synthetic", "celeba_hq", "lsun_church", "lsun_bedroom", "afhq_dog", "metfaces", "folder"]
+    source: Literal["toy", "synthetic", "celeba_hq", "lsun_church", "lsun_bedroom", "afhq_dog", "metfaces", "folder"]
     path: str | None = None  # folder of images; None = data/<source>
     n_images: PosInt | None = None  # synthetic: how many to draw; folders: a cap (None = all)
 
@@ -131,6 +135,14 @@ class ClipSpec(Strict):
 class LpipsSpec(Strict):
     net: Literal["alex", "vgg", "squeeze"] = "alex"
     allow_random_backbone: bool = False
+
+
+class SegmenterSpec(Strict):
+    """The segmenter of SC (App. K.2), an asyrp.segment id; a profile without one computes no SC."""
+
+    id: Text  # bisenet:<path to 79999_iter.pth> | hf:<hub id or folder> | offline:bisenet|segformer|upernet
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None  # pin the file
+    input_size: Annotated[int, Field(ge=16)] | None = None  # None = the network's own
 
 
 # --- stage blocks ------------------------------------------------------------------------------------
@@ -200,10 +212,45 @@ class Edit(Strict):
     normalize_multi: bool
 
 
+class ScSpec(Strict):
+    """Segmentation consistency: pixel accuracy of the label maps of the reference and the edited image."""
+
+    enabled: bool = True  # SC runs when this is true and the profile has a segmenter
+    reference: Literal["original", "recon"] = "original"  # compare with the input or its reconstruction
+    ignore_index: int | None = None  # a label left out where both maps carry it (None: every pixel counts)
+    batch_size: PosInt = 8
+
+
 class Evaluate(Strict):
     clip: ClipSpec
     n_images: PosInt
     lpips: bool
+    sc: ScSpec = Field(default_factory=ScSpec)
+    batch_size: PosInt = 32  # images per CLIP / LPIPS batch
+
+
+class StudySheet(Strict):
+    """One user-study sheet (App. K.1): our edits (method A) against method B's images of the same test ids."""
+
+    method_b: Text  # its name in the answer key and the tally (participants never see it)
+    folder: Text  # root folder of method B's images (a DVC dependency of the study stage)
+    layout: Text = "{attribute}"  # where an attribute's <id>.png files are, below folder
+    attributes: dict[Name, Text] = Field(min_length=1)  # attribute -> Table 1 group ("CelebA-HQ in-domain")
+    labels: dict[Name, Text] = Field(default_factory=dict)  # attribute as participants read it (default: target)
+    n_images: PosInt | None = None  # None: study.n_images
+    group_size: PosInt | None = None  # None: study.group_size
+    seed: Seed | None = None  # None: study.seed
+    title: Text | None = None
+
+
+class Study(Strict):
+    """User-study sheets: `dvc repro` builds study@<name> for every entry of sheets (none by default)."""
+
+    sheets: dict[Name, StudySheet] = Field(default_factory=dict)
+    method_a: Text = "Asyrp"
+    n_images: PosInt = 8  # App. K.1: 8 per CelebA-HQ attribute, 12 per LSUN-church attribute
+    group_size: PosInt = 1  # App. K.1: 4 for LSUN-church (adds the diversity question)
+    seed: Seed = 0
 
 
 BLOCKS: dict[str, type[Strict]] = {
@@ -245,6 +292,7 @@ class Profile(Strict):
     clip: ClipSpec
     lpips: LpipsSpec
     catalog: Name
+    segmenter: SegmenterSpec | None = None  # SC's segmenter (App. K.2); None = no SC
     device: Device = "auto"
     dtype: Dtype = "float32"
     supported: bool = True
@@ -309,6 +357,7 @@ class Params(Strict):
     train: Train
     edit: Edit
     evaluate: Evaluate
+    study: Study = Field(default_factory=Study)
     _blocks: dict[str, Blocks] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_TRACKING_URI": "sqlite:///" + os.path.join(_TMP, "mlflow.db"),
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(key, value)

@@ -334,3 +334,24 @@ def test_single_writer_and_empty(tmp_path):
     assert run(tmp_path / "empty", items=[]) == []
     empty = LatentStore(tmp_path / "empty")
     assert len(empty) == 0 and empty.metadata == META and list(empty.iter_batches([], 4)) == []
+
+
+def test_only_shards_then_finalise_equals_one_run(tmp_path):
+    """Workers computing disjoint shards into one folder, then a final call: same store as one run."""
+    items, meta = make_items(), {"model": "m"}
+    latents.run_sharded(items, tmp_path / "one", compute, shard_size=4, batch_size=3, metadata=meta, progress=False)
+    n_shards = len(list((tmp_path / "one").glob("shard-*.parquet")))
+    part = tmp_path / "parts"
+    for ks in ([1, 3], [0], [2], list(range(4, n_shards))):  # in any order, as workers finish
+        latents.run_sharded(items, part, compute, shard_size=4, batch_size=3, metadata=meta, progress=False,
+                            only_shards=ks)
+    assert not (part / "_index.json").exists()
+    counter = Counter()
+    latents.run_sharded(items, part, counter, shard_size=4, batch_size=3, metadata=meta, progress=False)
+    assert counter.calls == 0  # the final call only validates and indexes
+    a, b = latents.LatentStore(tmp_path / "one"), latents.LatentStore(part)
+    assert a.ids == b.ids
+    ga, gb = a.get(a.ids, ["x_T", "h"]), b.get(b.ids, ["x_T", "h"])
+    assert all(torch.equal(ga[c], gb[c]) for c in ga)
+    with pytest.raises(ValueError, match="out of range"):
+        latents.run_sharded(items, part, compute, shard_size=4, batch_size=3, metadata=meta, only_shards=[99])

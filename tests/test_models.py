@@ -80,3 +80,13 @@ def test_random_lpips_backbone_is_seeded(random_lpips):
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     assert torch.equal(random_lpips(x, y), again(x, y))
+
+
+def test_seeded_construction_is_deterministic_across_threads():
+    """Thread runners build models concurrently: seeded weights must not depend on that."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = build_unet(SMALL_UNET_CONFIG, seed=0).state_dict()
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: build_unet(SMALL_UNET_CONFIG, seed=0), range(4)))
+    assert all(torch.equal(m.state_dict()[k], v) for m in models for k, v in ref.items())

@@ -76,6 +76,7 @@ CATALOG_KEYS = {
     "lsun_bedroom": "princess hotel",
     "afhq_dog": "happy sleepy angry wolf yorkshire",
     "metfaces": "sad smiling disgusted",
+    "toy": "red circle large",
     "offline": "red blue",
 }
 
@@ -236,10 +237,11 @@ def test_unknown_attribute_lists_the_valid_ones(raw):
 
 def test_unsupported_profile_gives_the_reason(raw):
     def change(d):
+        d["profiles"]["afhq_dog"].update(supported=False, unsupported_reason="iDDPM weights are missing here")
         d["profile"], d["attributes"] = "afhq_dog", ["happy"]
 
     message = problems(raw, change)
-    assert "profile: 'afhq_dog' is not supported: iDDPM" in message
+    assert "profile: 'afhq_dog' is not supported: iDDPM weights are missing here" in message
 
 
 def test_every_problem_is_listed(raw):
@@ -333,11 +335,10 @@ def test_use_profile_round_trip_keeps_comments(tmp_path, capsys):
 def test_use_profile_refuses_invalid_results(tmp_path, capsys):
     path = tmp_path / "params.yaml"
     path.write_text(PARAMS.read_text())
-    assert use_profile.main(["metfaces", "--path", str(path)]) == 2
     assert use_profile.main(["offline", "--attributes", "red,green", "--path", str(path)]) == 2
     assert use_profile.main(["nope", "--path", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "not supported" in err and "attributes[1]: unknown attribute 'green'" in err
+    assert "attributes[1]: unknown attribute 'green'" in err
     assert "unknown profile 'nope'" in err
     assert path.read_text() == PARAMS.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temporary files left

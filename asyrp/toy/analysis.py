@@ -1,0 +1,219 @@
+"""The paper's h-space claims (Sec. 5.3, App. L) measured with the toy oracle instead of asserted.
+
+Each function edits held-out latents x_T and scores the results with `asyrp.toy.oracle`:
+
+    homogeneity   f_t (per image) vs its mean over N images, delta_h_t^mean, applied to every image
+    consistency   delta_h_t^mean vs the global direction (its time average): cosine per t, and edits
+    linearity     coefficient sweep (negative = extrapolation) -> a continuous oracle score per c
+    combination   two directions added (e.g. colour + size): both targets reached, the rest kept
+    robustness    a random delta_h with the norm of the trained one, in h-space (Asyrp: P_t only) versus a
+                  random eps shift with the norm of the trained edit's eps change: oracle damage
+
+All generation uses `asyrp.edit.asyrp_generate` (the editing process of the pipeline), except the
+eps-space perturbation, which needs eps itself shifted (`eps_space_generate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
+from ..edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction, per_image_noise
+from ..models import DiffusionModel
+from . import evaluate, oracle
+
+Tensor = torch.Tensor
+
+
+def generate(model, x_T: Tensor, directions: list[EditDirection], cfg: EditConfig, seeds, chunk: int = 64) -> Tensor:
+    """asyrp_generate in chunks of images (bounded memory), on CPU at the end."""
+    seeds = list(seeds)
+    out = []
+    for i in range(0, len(x_T), chunk):
+        ds = [EditDirection(d.module, d.config, _slice(d.coefficient, i, chunk)) for d in directions]
+        out.append(asyrp_generate(model, x_T[i : i + chunk], ds, cfg, seeds[i : i + chunk]).cpu())
+    return torch.cat(out)
+
+
+def _slice(c, i, n):
+    return c[i : i + n] if isinstance(c, Tensor) and c.ndim == 1 else c
+
+
+def scored(images: Tensor, f: dict, factor: str, value: int) -> dict:
+    return evaluate.summarise(evaluate.score(oracle.read(images), f, factor, value, images.shape[-1]))
+
+
+def intact(images: Tensor, f: dict) -> dict:
+    """How undamaged images are: every factor of the original kept, mask IoU > 0.7, one clean shape."""
+    r = oracle.read(images)
+    keep = np.ones(len(r), bool)
+    for k in evaluate.FACTORS:
+        keep &= r.factors()[k] == f[k]
+    iou = oracle.mask_iou(r.mask, oracle.expected_mask(f, images.shape[-1]))
+    ok = keep & (iou > evaluate.PRESERVE_IOU) & r.clean
+    return {"intact": float(ok.mean()), "factors_kept": float(keep.mean()), "clean": float(r.clean.mean()),
+            "mask_iou": float(iou.mean()), "n": len(r)}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ homogeneity
+def homogeneity(model, direction: EditDirection, x_T_fit: Tensor, x_T: Tensor, f: dict, factor: str, value: int,
+                cfg: EditConfig, seeds) -> tuple[dict, dict]:  # fmt: skip
+    """f_t vs delta_h_t^mean vs global, each applied to x_T; and the cosine of delta_h_t^mean to global per t.
+
+    The mean direction is read from `x_T_fit` (the paper uses 20 images, App. L), not from the test images.
+    """
+    table, glob = mean_direction(model, direction, x_T_fit, cfg)
+    res = {}
+    for name, d in (("f_t (per image)", direction), ("delta_h_t mean", table), ("global", glob)):
+        res[name] = scored(generate(model, x_T, [d], cfg, seeds), f, factor, value)
+    values = table.module.table.detach()  # (K, C, h, w)
+    g = glob.module.delta_h.detach().flatten()
+    cos = torch.nn.functional.cosine_similarity(values.flatten(1), g[None], dim=1)
+    consistency = {"t": list(table.config.timesteps), "cos_to_global": cos.tolist(),
+                   "norm": values.flatten(1).norm(dim=1).tolist(), "global_norm": float(g.norm())}  # fmt: skip
+    return res, consistency
+
+
+# ------------------------------------------------------------------------------------------ linearity
+def linearity(model, direction: EditDirection, x_T: Tensor, f: dict, factor: str, value: int, cfg: EditConfig,
+              coefficients: Sequence[float], seeds) -> dict:  # fmt: skip
+    """Per coefficient: mean continuous oracle score, success rate; monotonicity of the mean and per image."""
+    sweep = coefficient_sweep(model, x_T, EditDirection(direction.module, direction.config), coefficients, cfg,
+                              seeds).cpu()  # fmt: skip
+    scores, success, clean = [], [], []
+    for k in range(len(coefficients)):
+        r = oracle.read(sweep[k])
+        scores.append(evaluate.attribute_score(r, f, factor, value, x_T.shape[-1]))
+        success.append(float((r.factors()[factor] == value).mean()))
+        clean.append(float(r.clean.mean()))
+    s = np.stack(scores)  # (K, N)
+    order = np.argsort(coefficients)
+    mean = s.mean(1)[order]
+    per_image_monotone = np.all(np.diff(s[order], axis=0) >= -0.02, axis=0)
+    return {
+        "coefficients": [float(coefficients[i]) for i in order], "mean_score": mean.tolist(),
+        "success": [success[i] for i in order], "clean": [clean[i] for i in order],
+        "mean_monotone": bool(np.all(np.diff(mean) >= 0)), "spearman_mean": _spearman(np.sort(coefficients), mean),
+        "per_image_monotone": float(per_image_monotone.mean()), "n": int(s.shape[1]),
+    }, sweep  # fmt: skip
+
+
+def _spearman(x, y) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if np.std(ry) > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------ combination
+def combination(model, parts: list[tuple[EditDirection, str, int]], x_T: Tensor, f: dict, cfg: EditConfig,
+                seeds) -> tuple[dict, Tensor]:  # fmt: skip
+    """Several directions at once: each target reached, all reached, the remaining factors kept."""
+    edited = generate(model, x_T, [p[0] for p in parts], cfg, seeds)
+    r = oracle.read(edited)
+    res, all_ok = {}, np.ones(len(r), bool)
+    for _, factor, value in parts:
+        ok = r.factors()[factor] == value
+        res[f"success_{factor}={evaluate.FACTORS[factor][value]}"] = float(ok.mean())
+        all_ok &= ok
+    changed = {fa: v for _, fa, v in parts}
+    others = np.ones(len(r), bool)
+    for k in evaluate.FACTORS:
+        if k not in changed:
+            others &= r.factors()[k] == f[k]
+    geo = {k: v for k, v in changed.items() if k in ("shape", "size")}
+    iou = oracle.mask_iou(r.mask, oracle.expected_mask(f, x_T.shape[-1], **geo))
+    preserved = others & (iou > evaluate.PRESERVE_IOU)
+    res.update(success_all=float(all_ok.mean()), preserved=float(preserved.mean()),
+               clean_edit=float((all_ok & preserved & r.clean).mean()), n=len(r))  # fmt: skip
+    return res, edited
+
+
+# ------------------------------------------------------------------------------------------ robustness
+class _Recorder(nn.Module):
+    """Wraps a direction; records the mean per-image norm of delta_h per t."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.norms = inner, {}
+
+    def forward(self, h, t, emb):
+        out = self.inner(h, t, emb)
+        self.norms[t] = float(out.flatten(1).norm(dim=1).mean())
+        return out
+
+
+class RandomH(nn.Module):
+    """A random delta_h with a given norm per t (per image, seeded by t), shape of h."""
+
+    def __init__(self, norms: dict[int, float], seed: int = 0):
+        super().__init__()
+        self.norms, self.seed = norms, seed
+
+    def forward(self, h, t, emb):
+        g = torch.Generator().manual_seed(self.seed * 1009 + int(t))
+        z = torch.randn(h.shape, generator=g).to(h)
+        return z / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * self.norms.get(int(t), 0.0)
+
+
+@torch.no_grad()
+def eps_norms(model: DiffusionModel, direction: EditDirection, x_T: Tensor, cfg: EditConfig) -> dict[int, float]:
+    """Mean per-image ||eps(x_t | delta_h) - eps(x_t)|| along the edited trajectory, per t >= t_edit."""
+    unet, ac, x = model.unet, model.alphas_cumprod, x_T.to(model.unet.device)
+    scale = direction.config.n_train_steps / cfg.n_gen_steps
+    out = {}
+    for t, t_prev in generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps, cfg.spacing)):
+        if t < cfg.t_edit:
+            break
+        state = unet.down(x, t)
+        eps, eps_edit = unet.eps_pair(state, direction.coefficient * scale * direction.module(state.h, t, state.emb))
+        out[int(t)] = float((eps_edit - eps).flatten(1).norm(dim=1).mean())
+        x = ddim_step(x, eps, alpha_prod(ac, t), alpha_prod(ac, t_prev), eps_edit=eps_edit)
+    return out
+
+
+@torch.no_grad()
+def eps_space_generate(model: DiffusionModel, x_T: Tensor, norms: dict[int, float], cfg: EditConfig, seeds,
+                       seed: int = 0, both: bool = False) -> Tensor:  # fmt: skip
+    """Like asyrp_generate, but P_t uses eps + a random shift of norm norms[t] (D_t too when `both`)."""
+    unet, ac, x = model.unet, model.alphas_cumprod, x_T.to(model.unet.device)
+    for step, (t, t_prev) in enumerate(generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps,
+                                                                      cfg.spacing))):  # fmt: skip
+        a_t, a_prev = alpha_prod(ac, t), alpha_prod(ac, t_prev)
+        eps = unet(x, t)
+        if t >= cfg.t_edit:
+            g = torch.Generator().manual_seed(seed * 1009 + int(t))
+            z = torch.randn(x.shape, generator=g).to(x)
+            eps_shift = eps + z / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * norms[int(t)]
+            x = ddim_step(x, eps_shift if both else eps, a_t, a_prev, eps_edit=eps_shift)
+        elif t >= cfg.t_boost:
+            x = ddim_step(x, eps, a_t, a_prev)
+        else:
+            noise = per_image_noise(x.shape, seeds, step, x.device, x.dtype)
+            x = ddim_step(x, eps, a_t, a_prev, eta=cfg.eta_boost, noise=noise)
+    return x.cpu()
+
+
+def robustness(model, direction: EditDirection, x_T: Tensor, f: dict, cfg: EditConfig, seeds,
+               seed: int = 0) -> tuple[dict, dict[str, Tensor]]:  # fmt: skip
+    """Oracle damage of random perturbations with the trained edit's per-t norms: h-space vs eps-space."""
+    rec = _Recorder(direction.module)
+    trained = generate(model, x_T, [EditDirection(rec, direction.config, direction.coefficient)], cfg, seeds,
+                       chunk=len(x_T))  # fmt: skip
+    scale = direction.config.n_train_steps / cfg.n_gen_steps
+    h_norms = {t: v / scale for t, v in rec.norms.items()}  # RandomH output is rescaled like f_t's
+    e_norms = eps_norms(model, direction, x_T, cfg)
+    images = {
+        "no edit": generate(model, x_T, [], cfg, seeds),
+        "trained delta_h": trained,
+        "random delta_h (h-space)": generate(
+            model, x_T, [EditDirection(RandomH(h_norms, seed), direction.config)], cfg, seeds
+        ),  # fmt: skip
+        "random eps shift (P_t only)": eps_space_generate(model, x_T, e_norms, cfg, seeds, seed),
+        "random eps shift (P_t and D_t)": eps_space_generate(model, x_T, e_norms, cfg, seeds, seed, both=True),
+    }
+    res = {k: intact(v, f) for k, v in images.items()}
+    res["norms"] = {"h": h_norms, "eps": e_norms}
+    return res, images

@@ -1,0 +1,84 @@
+"""The toy DDPM and toy CLIP: architectures, shipped-weight paths, loaders.
+
+Toy DDPM: a diffusers ``UNet2DModel`` for 32-px images, block_out_channels (32, 64, 128), one res block
+per level, attention in the middle block only (2.5 M parameters), h = 128 x 8 x 8; DDPM's linear
+1000-step schedule. Toy CLIP: a small ``open_clip.CLIP`` (ViT 4 layers, width 128, patch 4 on 32-px
+images; text transformer 3 layers) whose vocabulary is restricted to the captions' words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy"
+DDPM_WEIGHTS = ASSETS / "ddpm.safetensors"
+CLIP_WEIGHTS = ASSETS / "clip.safetensors"
+
+TOY_UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 128),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=32,
+)
+
+
+def build_toy_unet(seed: int = 0):
+    from ..models import build_unet
+
+    return build_unet(TOY_UNET_CONFIG, seed)
+
+
+def save_fp16(state: dict, path: Path, meta: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}
+    save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+    tmp.replace(path)
+    path.chmod(0o644)
+
+
+def load_fp32(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    return state, meta
+
+
+def load_toy_unet(path: str | Path | None = None):
+    """The shipped toy DDPM U-Net (fp16 on disk, float32 in memory)."""
+    from ..models import ModelLoadError
+
+    path = Path(path or DDPM_WEIGHTS)
+    if not path.is_file():
+        raise ModelLoadError(f"toy DDPM weights {path} missing; train them: python -m asyrp.toy.train_ddpm")
+    unet = build_toy_unet()
+    state, _ = load_fp32(path)
+    unet.load_state_dict(state)
+    return unet.eval()
+
+
+def load_toy_clip(path: str | Path | None = None, device="cpu"):
+    """The shipped toy CLIP as an `asyrp.clip.ClipModel` (word-level tokenizer, 32-px input)."""
+    from ..clip import ClipModel
+    from ..models import ModelLoadError
+    from .clip_model import MEAN, STD, WordTokenizer, build_toy_clip
+
+    path = Path(path or CLIP_WEIGHTS)
+    if not path.is_file():
+        raise ModelLoadError(f"toy CLIP weights {path} missing; train them: python -m asyrp.toy.train_clip --export")
+    model = build_toy_clip()
+    state, _ = load_fp32(path)
+    model.load_state_dict(state)
+    return ClipModel(model, WordTokenizer(), "offline:toy-clip", "toy", 32, MEAN, STD).to(device)

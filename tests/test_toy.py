@@ -1,0 +1,95 @@
+"""The toy world: oracle exactness, the shipped weights, a tiny end-to-end edit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asyrp.data import FACTORS, render_shapes, shape_factors
+from asyrp.toy import evaluate, oracle
+from asyrp.toy.models import CLIP_WEIGHTS, DDPM_WEIGHTS
+
+
+def test_oracle_reads_every_factor_exactly():
+    f = shape_factors(600, 32, seed=7)
+    r = oracle.read(render_shapes(f, 32))
+    for k in FACTORS:
+        np.testing.assert_array_equal(r.factors()[k], f[k], err_msg=k)
+    np.testing.assert_array_equal(r.cx, f["cx"])
+    np.testing.assert_array_equal(r.cy, f["cy"])
+    assert r.clean.all()
+    assert oracle.mask_iou(r.mask, oracle.expected_mask(f, 32)).min() == 1.0
+
+
+def test_oracle_flags_unclean_images():
+    f = shape_factors(4, 32, seed=1)
+    img = render_shapes(f, 32).copy()
+    img[0] = img[0, :, ::-1] // 2 + img[0] // 2  # two half-bright shapes
+    img[1, :4, :4] = (0, 255, 0) if f["colour"][1] != 1 else (255, 0, 0)  # a second blob in another colour
+    img[2] = np.random.default_rng(0).integers(0, 256, img[2].shape, dtype=np.uint8)  # noise
+    r = oracle.read(img)
+    assert not r.clean[:3].any() and r.clean[3]
+
+
+def test_oracle_on_tensors_and_edit_scoring():
+    f = shape_factors(8, 32, seed=3)
+    x = torch.from_numpy(render_shapes(f, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    r = oracle.read(x)
+    same = evaluate.score(r, f, "colour", 0)
+    np.testing.assert_array_equal(same["success"], f["colour"] == 0)
+    assert same["preserved"].all()
+    g = {k: v.copy() for k, v in f.items()}
+    g["colour"][:] = 0  # the "edited" images: all red, same everything else
+    m = evaluate.score(oracle.read(render_shapes(g, 32)), f, "colour", 0)
+    assert m["clean_edit"].all()
+
+
+def test_edit_target_parsing():
+    assert evaluate.edit_target("a shape", "a red shape") == ("colour", 0)
+    assert evaluate.edit_target("a shape", "a circle") == ("shape", 0)
+    assert evaluate.edit_target("a shape", "a large shape") == ("size", 1)
+    with pytest.raises(ValueError):
+        evaluate.edit_target("a shape", "a nice shape")
+
+
+def test_shipped_weights_are_small_and_load():
+    assert DDPM_WEIGHTS.is_file() and CLIP_WEIGHTS.is_file()
+    assert DDPM_WEIGHTS.stat().st_size + CLIP_WEIGHTS.stat().st_size <= 20 * 2**20
+    from asyrp.clip import load_clip
+    from asyrp.models import load_diffusion
+
+    model = load_diffusion("offline:toy")
+    assert model.unet.h_shape() == (128, 8, 8)
+    clip = load_clip("offline:toy-clip", None)
+    assert clip.is_pretrained
+    f = shape_factors(40, 32, seed=11)
+    x = torch.from_numpy(render_shapes(f, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    prompts = [f"a {c} shape" for c in FACTORS["colour"]]
+    pred = (clip.encode_image(x) @ clip.encode_text(prompts).T).argmax(1).numpy()
+    assert (pred == f["colour"]).mean() >= 0.9  # a trained CLIP reads colour zero-shot
+
+
+def test_tiny_end_to_end_edit():
+    """Invert 2 images, train a direction for a few steps, edit: runs and the oracle can score it."""
+    from asyrp.api import invert, new_direction
+    from asyrp.clip import load_clip
+    from asyrp.edit import EditConfig, EditDirection, asyrp_generate
+    from asyrp.losses import AsyrpLoss, LossConfig
+    from asyrp.models import load_diffusion
+    from asyrp.train import TrainConfig, tensor_batches, train_direction
+
+    torch.manual_seed(0)
+    model, clip = load_diffusion("offline:toy"), load_clip("offline:toy-clip", None)
+    f = shape_factors(2, 32, seed=5)
+    x0 = torch.from_numpy(render_shapes(f, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x_T = invert(model, x0, n_inv_steps=10)
+    direction, dcfg = new_direction(model, "a shape", "a red shape", t_edit=600, t_boost=200, n_train_steps=10)
+    loss = AsyrpLoss(clip, "a shape", "a red shape", LossConfig(lambda_clip=1.0, templates=False))
+    hist = train_direction(
+        model, direction, loss, tensor_batches(x_T, 2, x0), TrainConfig(t_edit=600, n_train_steps=10)
+    )
+    assert hist and all(np.isfinite(h["loss"]) for h in hist)
+    out = asyrp_generate(model, x_T, [EditDirection(direction, dcfg)], EditConfig(600, 200, n_gen_steps=10))
+    m = evaluate.score(oracle.read(out), f, "colour", 0)
+    assert set(m) >= {"success", "preserved", "clean_edit"} and len(m["success"]) == 2
