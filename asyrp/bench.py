@@ -53,8 +53,6 @@ def median_time(fn, repeats: int, device) -> float:
 def _clip(name: str, device):
     from .clip import load_clip
 
-    if name.startswith("offline:"):
-        return load_clip(name, None, device)
     return load_clip(name, None, device)  # random weights: the cost is the architecture's, not the weights'
 
 
@@ -132,7 +130,6 @@ def _bulk_worker(model_id: str, n: int, batch: int, device: str, queue) -> None:
     from .data import make_shapes_dataset
     from .models import load_diffusion
 
-    torch.set_num_threads(torch.get_num_threads())
     model = load_diffusion(model_id, device)
     with tempfile.TemporaryDirectory() as tmp:
         make_shapes_dataset(Path(tmp) / "data", n, model.image_size, seed=1)

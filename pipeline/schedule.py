@@ -19,7 +19,18 @@ from asyrp.latents import LatentStore
 from asyrp.perceptual import RANDOM_BACKBONE_NOTE
 from asyrp.schedule import LpipsCurves, crossing_t, lpips_curves
 
-from .common import OUT, Paths, line_plot, load_metric_lpips, load_model, read_csv, stage_main, write_csv, write_json
+from .common import (
+    OUT,
+    Paths,
+    line_plot,
+    load_metric_lpips,
+    load_model,
+    read_csv,
+    read_json,
+    stage_main,
+    write_csv,
+    write_json,
+)
 from .params import Params
 
 
@@ -80,7 +91,7 @@ def load_curves(out: Path = OUT) -> LpipsCurves:
     """The curves written by this stage (for train@<attribute>)."""
     paths = Paths(out)
     rows = read_csv(paths.schedule / "curves.csv")
-    metrics = __import__("json").loads((paths.schedule / "metrics.json").read_text())
+    metrics = read_json(paths.schedule / "metrics.json")
     col = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
     return LpipsCurves(
         col("t"), col("lpips_pred_x0"), col("lpips_xt"), metrics["n_images"], metrics["lpips_is_paper_metric"]
