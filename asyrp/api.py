@@ -22,10 +22,13 @@ def invert(
     spacing: str = "uniform",
     batch_size: int | None = None,
     callback=None,
+    t_0: int | None = None,
 ) -> Tensor:
-    """DDIM inversion (eta = 0) of images (B, C, H, W) in [-1, 1] -> x_T (B, C, H, W), in batches."""
+    """DDIM inversion (eta = 0) of images (B, C, H, W) in [-1, 1] -> x_T (B, C, H, W), in batches.
+
+    ``t_0`` < T - 1 inverts partially: the returned latent is x_{t_0} (see ``timestep_grid``)."""
     check_image_batch(x0, model.unet)
-    timesteps = timestep_grid(n_inv_steps, model.num_train_timesteps, spacing)
+    timesteps = timestep_grid(n_inv_steps, model.num_train_timesteps, spacing, t_0)
     bs = batch_size or x0.shape[0]
     out = [
         ddim_invert(model.unet, x0[i : i + bs].to(model.unet.device), model.alphas_cumprod, timesteps, callback)
@@ -44,12 +47,13 @@ def new_direction(
     n_train_steps: int = 40,
     spacing: str = "uniform",
     seed: int = 0,
+    t_0: int | None = None,
     **train_info,
 ) -> tuple[nn.Module, DirectionConfig]:
     """A fresh, seeded direction of ``kind`` sized for this model's h-space, with its config filled in."""
     if not source.strip() or not target.strip():
         raise ValueError("source and target prompts must be non-empty")
-    grid = timestep_grid(n_train_steps, model.num_train_timesteps, spacing)
+    grid = timestep_grid(n_train_steps, model.num_train_timesteps, spacing, t_0)
     config = DirectionConfig(
         kind=kind,
         h_shape=model.unet.h_shape(),
@@ -62,6 +66,7 @@ def new_direction(
         t_boost=t_boost,
         n_train_steps=n_train_steps,
         spacing=spacing,
+        t_0=t_0,
         timesteps=[int(t) for t in grid if t >= t_edit] if kind == "delta_h_t" else [],
         train=dict(train_info),
     )

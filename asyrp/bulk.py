@@ -27,6 +27,7 @@ from .train import source_trajectory
 class BulkInversion:
     n_inv_steps: int = 40
     spacing: str = "uniform"
+    t_0: int | None = None  # inversion depth (None: T - 1); training and editing must use the same
     n_train_steps: int = 40  # grid of the cached source trajectory (training's)
     cache_source: bool = True
     cache_min_t: int = 300
@@ -36,7 +37,7 @@ class BulkInversion:
     timings: dict = field(default_factory=lambda: {"images": 0, "seconds": 0.0, "passes": 0})
 
     def cached_timesteps(self, num_train_timesteps: int = 1000) -> list[int]:
-        grid = timestep_grid(self.n_train_steps, num_train_timesteps, self.spacing)
+        grid = timestep_grid(self.n_train_steps, num_train_timesteps, self.spacing, self.t_0)
         return sorted((int(t) for t in grid if t >= self.cache_min_t), reverse=True) if self.cache_source else []
 
     def passes_per_image(self, num_train_timesteps: int = 1000) -> int:
@@ -56,7 +57,7 @@ def invert_to_shards(
 ):
     """DDIM-invert image files ``(id, path)`` into Parquet shards under ``out_dir``; resumable."""
     T = model.num_train_timesteps
-    train_grid = timestep_grid(cfg.n_train_steps, T, cfg.spacing)
+    train_grid = timestep_grid(cfg.n_train_steps, T, cfg.spacing, cfg.t_0)
     cached_ts = cfg.cached_timesteps(T)
     passes = cfg.passes_per_image(T)
 
@@ -64,7 +65,7 @@ def invert_to_shards(
     def batch(chunk: list[tuple[str, str]]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         x0 = load_images([p for _, p in chunk], model.image_size).to(model.unet.device)
-        x_T = invert(model, x0, cfg.n_inv_steps, cfg.spacing)
+        x_T = invert(model, x0, cfg.n_inv_steps, cfg.spacing, t_0=cfg.t_0)
         cols = {"image": to_uint8(x0).transpose(0, 3, 1, 2), "x_T": x_T.float().cpu().numpy()}
         if cached_ts:
             preds, _ = source_trajectory(model, x_T, train_grid, cfg.cache_min_t)
@@ -83,7 +84,8 @@ def invert_to_shards(
         "image_size": model.image_size,
         "n_inv_steps": cfg.n_inv_steps,
         "spacing": cfg.spacing,
-        "grid": timestep_grid(cfg.n_inv_steps, T, cfg.spacing).tolist(),
+        "t_0": cfg.t_0,
+        "grid": timestep_grid(cfg.n_inv_steps, T, cfg.spacing, cfg.t_0).tolist(),
         "n_train_steps": cfg.n_train_steps,
         "source_pred_t": cached_ts,
     }

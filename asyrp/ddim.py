@@ -35,23 +35,32 @@ EpsFn = Callable[[Tensor, int], Tensor]
 SPACINGS = ("uniform", "linspace", "leading", "trailing")
 
 
-def timestep_grid(n_steps: int, num_train_timesteps: int = 1000, spacing: str = "uniform") -> Tensor:
-    """Increasing grid of ``n_steps`` training timesteps (official: ``int(linspace(0, 1, S) * (T - 1))``).
+def timestep_grid(
+    n_steps: int, num_train_timesteps: int = 1000, spacing: str = "uniform", t_0: int | None = None
+) -> Tensor:
+    """Increasing grid of ``n_steps`` training timesteps (official: ``int(linspace(0, 1, S) * t_0)``).
 
     ``uniform`` is the official Asyrp grid; ``linspace``, ``leading`` and ``trailing`` are the
-    ``timestep_spacing`` options of diffusers' DDIMScheduler (without ``steps_offset``).
+    ``timestep_spacing`` options of diffusers' DDIMScheduler (without ``steps_offset``). ``t_0`` is the
+    inversion depth, the grid's last step (official ``--t_0``, inherited from DiffusionCLIP): None means
+    T - 1, the paper's full inversion; a smaller t_0 inverts partially (uniform and linspace only).
     """
     if n_steps < 2:
         raise ValueError(f"n_steps must be >= 2, got {n_steps}")
-    if n_steps > num_train_timesteps:
-        raise ValueError(f"n_steps={n_steps} exceeds num_train_timesteps={num_train_timesteps}")
     T = num_train_timesteps
+    top = T - 1 if t_0 is None else int(t_0)
+    if not 0 < top < T:
+        raise ValueError(f"t_0 must be in [1, {T - 1}], got {t_0}")
+    if top < T - 1 and spacing not in ("uniform", "linspace"):
+        raise ValueError(f"t_0 < T - 1 needs spacing 'uniform' or 'linspace', got {spacing!r}")
+    if n_steps > top + 1:
+        raise ValueError(f"n_steps={n_steps} exceeds the {top + 1} timesteps in [0, t_0={top}]")
     if spacing == "uniform":  # float64 and truncation, exactly as the official code
-        grid = (np.linspace(0, 1, n_steps) * (T - 1)).astype(np.int64)
+        grid = (np.linspace(0, 1, n_steps) * top).astype(np.int64)
         if len(np.unique(grid)) != n_steps:  # e.g. S = T: truncation of 2.9999.. repeats a step; round instead
-            grid = np.linspace(0, T - 1, n_steps).round().astype(np.int64)
+            grid = np.linspace(0, top, n_steps).round().astype(np.int64)
     elif spacing == "linspace":
-        grid = np.linspace(0, T - 1, n_steps).round().astype(np.int64)
+        grid = np.linspace(0, top, n_steps).round().astype(np.int64)
     elif spacing == "leading":
         grid = np.arange(0, n_steps, dtype=np.int64) * (T // n_steps)
     elif spacing == "trailing":

@@ -45,6 +45,7 @@ class DirectionConfig:
     t_boost: int | None = None
     n_train_steps: int = 40  # generative steps of the training grid: delta_h is rescaled by n_train / n_gen
     spacing: str = "uniform"
+    t_0: int | None = None  # inversion depth of the grid (None: T - 1, the paper's)
     timesteps: list[int] = field(default_factory=list)  # table kinds: the timesteps that have an entry
     train: dict = field(default_factory=dict)  # loss weights, optimiser, epochs, images, clip model, ...
     version: int = FORMAT_VERSION

@@ -4,6 +4,8 @@
     t_edit > t >= t_boost plain DDIM, eta = 0
     t_boost > t           plain DDIM with eta = eta_boost (1 in the paper): quality boosting, seeded per image
 
+T is the top of the grid: T - 1 for the paper's full inversion, or t_0 for a partial one (``t_0``).
+
 delta_h = (S_train / S_gen) * sum_i c_i f^i_t(h_t)  keeps the sum of delta_h over the interval when the number
 of generative steps differs from training's (Sec. 3.4; the official code scales by the generative step
 counts, as here). Optional 1 / sqrt(n) for n directions (official). Coefficients may be negative
@@ -34,14 +36,14 @@ class EditConfig:
     spacing: str = "uniform"
     eta_boost: float = 1.0
     normalize_multi: bool = False  # official: delta_h / sqrt(n) for n directions
+    t_0: int | None = None  # inversion depth of x_T (None: T - 1, the paper's); must match the inversion's
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         if self.n_gen_steps < 2:
             raise ValueError(f"n_gen_steps must be >= 2, got {self.n_gen_steps}")
-        if not 0 <= self.t_boost < self.t_edit < num_train_timesteps:
-            raise ValueError(
-                f"need 0 <= t_boost < t_edit < {num_train_timesteps}, got t_boost={self.t_boost}, t_edit={self.t_edit}"
-            )
+        top = num_train_timesteps - 1 if self.t_0 is None else self.t_0
+        if not 0 <= self.t_boost < self.t_edit <= top:
+            raise ValueError(f"need 0 <= t_boost < t_edit <= t_0={top}, got {self.t_boost=}, {self.t_edit=}")
 
 
 @dataclass
@@ -89,7 +91,7 @@ def asyrp_generate(
     seeds = list(range(x_T.shape[0])) if seeds is None else list(seeds)
     if len(seeds) != x_T.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {x_T.shape[0]} images")
-    timesteps = timestep_grid(config.n_gen_steps, model.num_train_timesteps, config.spacing)
+    timesteps = timestep_grid(config.n_gen_steps, model.num_train_timesteps, config.spacing, config.t_0)
     active = [d for d in directions if torch.as_tensor(d.coefficient).abs().sum() > 0]
     x = x_T.to(unet.device)
     for step, (t, t_prev) in enumerate(generation_pairs(timesteps)):

@@ -48,6 +48,7 @@ class TrainConfig:
     t_edit: int
     n_train_steps: int = 40  # S: size of the generative grid used in training
     spacing: str = "uniform"
+    t_0: int | None = None  # inversion depth of x_T (None: T - 1); the editing interval is [t_0, t_edit]
     epochs: int = 1
     optimizer: str = "sgd"  # official: SGD lr 0.5, momentum 0, StepLR(20, 0.9)
     lr: float = 0.5
@@ -63,8 +64,9 @@ class TrainConfig:
     def validate(self, num_train_timesteps: int) -> None:
         if self.n_train_steps < 2:
             raise ValueError(f"n_train_steps must be >= 2, got {self.n_train_steps}")
-        if not 0 <= self.t_edit < num_train_timesteps:
-            raise ValueError(f"t_edit must be in [0, {num_train_timesteps}), got {self.t_edit}")
+        top = num_train_timesteps - 1 if self.t_0 is None else self.t_0
+        if not 0 <= self.t_edit <= top:
+            raise ValueError(f"t_edit must be in [0, t_0={top}], got {self.t_edit}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.step_per not in ("timestep", "trajectory"):
@@ -131,7 +133,7 @@ def train_direction(
     """Algorithm 2. Returns one stats dict per optimiser step (loss, clip, recon, cos, lr, t, epoch)."""
     config.validate(model.num_train_timesteps)
     unet, device = model.unet, model.unet.device
-    timesteps = timestep_grid(config.n_train_steps, model.num_train_timesteps, config.spacing)
+    timesteps = timestep_grid(config.n_train_steps, model.num_train_timesteps, config.spacing, config.t_0)
     interval = edit_interval(timesteps, config.t_edit)
     if not interval:
         raise ValueError(f"t_edit={config.t_edit} leaves no grid step in the editing interval")

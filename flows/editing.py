@@ -49,10 +49,16 @@ def edit_chunk_task(
     first = dirs[0].config
     inv, ed = params.active_inversion, params.active_edit
     cfg = EditConfig(
-        first.t_edit, first.t_boost, n_gen_steps or ed.n_gen_steps, inv.spacing, ed.eta_boost, ed.normalize_multi
+        first.t_edit,
+        first.t_boost,
+        n_gen_steps or ed.n_gen_steps,
+        inv.spacing,
+        ed.eta_boost,
+        ed.normalize_multi,
+        first.t_0,
     )
     x0 = load_images(files, model.image_size).to(model.unet.device)
-    x_T = invert(model, x0, inv.n_inv_steps, inv.spacing)
+    x_T = invert(model, x0, inv.n_inv_steps, inv.spacing, t_0=first.t_0)
     seeds = [ed.seed + abs(hash(Path(f).stem)) % 100_000 for f in files]
     edited = asyrp_generate(model, x_T, dirs, cfg, seeds)
     paths = [str(Path(out) / f"{Path(f).stem}.png") for f in files]

@@ -32,7 +32,15 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     direction, dcfg = load_direction(paths.attribute(attr) / "train" / "direction", model.unet.device)
     check_compatible(dcfg, model.unet.h_shape(), model.unet.temb_channels, model.model_id, model.num_train_timesteps)
     sched = read_json(paths.attribute(attr) / "train" / "schedule.json")
-    cfg = EditConfig(sched["t_edit"], sched["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost, ed.normalize_multi)
+    cfg = EditConfig(
+        sched["t_edit"],
+        sched["t_boost"],
+        ed.n_gen_steps,
+        inv.spacing,
+        ed.eta_boost,
+        ed.normalize_multi,
+        sched.get("t_0"),
+    )
     coef = params.active_coefficients[attr]
     store = LatentStore(paths.split("test"))
     n_eval = min(len(store), max(ev.n_images, ed.n_images))

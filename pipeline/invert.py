@@ -42,10 +42,18 @@ def split_ids(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str,
 
 def _bulk_config(params: Params, split: str, timings: dict | None = None) -> BulkInversion:
     inv = params.active_inversion
-    return BulkInversion(inv.n_inv_steps, inv.spacing, params.active_train.n_train_steps,
-                         cache_source=split == "train", cache_min_t=inv.cache_min_t, reconstruct=split == "test",
-                         shard_size=inv.shard_size, batch_size=inv.batch_size,
-                         timings=timings if timings is not None else {"images": 0, "seconds": 0.0, "passes": 0})
+    return BulkInversion(
+        inv.n_inv_steps,
+        inv.spacing,
+        inv.t_0,
+        params.active_train.n_train_steps,
+        cache_source=split == "train",
+        cache_min_t=inv.cache_min_t,
+        reconstruct=split == "test",
+        shard_size=inv.shard_size,
+        batch_size=inv.batch_size,
+        timings=timings if timings is not None else {"images": 0, "seconds": 0.0, "passes": 0},
+    )
 
 
 def plan(params: Params, out: Path = OUT) -> list[tuple[str, int]]:
@@ -55,15 +63,23 @@ def plan(params: Params, out: Path = OUT) -> list[tuple[str, int]]:
     return [(split, k) for split, items in splits.items() for k in range(-(-len(items) // inv.shard_size))]
 
 
-def run_shards(params: Params, split: str, shards: list[int] | None, out: Path = OUT, model=None,
-               timings: dict | None = None) -> None:
+def run_shards(
+    params: Params, split: str, shards: list[int] | None, out: Path = OUT, model=None, timings: dict | None = None
+) -> None:
     """Invert one split, or only some of its shards (shard workers; no index is written then)."""
     inv, paths = params.active_inversion, Paths(out)
     model = model or load_model(params)
     items = split_ids(paths.data, inv.n_train_images, inv.n_test_images, inv.seed)[split]
     meta = {"split": split, "seed": inv.seed, "dtype": inv.dtype}
-    invert_to_shards(model, items, paths.split(split), _bulk_config(params, split, timings), meta,
-                     progress=shards is None, only_shards=shards)
+    invert_to_shards(
+        model,
+        items,
+        paths.split(split),
+        _bulk_config(params, split, timings),
+        meta,
+        progress=shards is None,
+        only_shards=shards,
+    )
 
 
 def finish(params: Params, out: Path = OUT, model=None, timings: dict | None = None) -> dict:
@@ -73,8 +89,12 @@ def finish(params: Params, out: Path = OUT, model=None, timings: dict | None = N
     for split in ("train", "test"):
         run_shards(params, split, None, out, model, timings)
     inv = params.active_inversion
-    metrics = {"n_train": inv.n_train_images, "n_test": inv.n_test_images, **_recon_error(Paths(out)),
-               **_throughput(model, inv, timings)}
+    metrics = {
+        "n_train": inv.n_train_images,
+        "n_test": inv.n_test_images,
+        **_recon_error(Paths(out)),
+        **_throughput(model, inv, timings),
+    }
     write_json(out / "invert" / "metrics.json", metrics)
     return metrics
 

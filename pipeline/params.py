@@ -160,6 +160,15 @@ class Inversion(Strict):
     # P_t^source of every training image is cached for grid t >= cache_min_t (Table 2's smallest t_edit
     # is 301): training then skips a whole U-Net pass per step. Lower attributes recompute it.
     cache_min_t: Timestep = 300
+    # Inversion depth: x_T is x_{t_0} and the editing interval is [t_0, t_edit] (the official code's
+    # --t_0; the paper inverts fully, t_0 = T - 1 = null). A partial inversion keeps the layout in x_{t_0}.
+    t_0: Timestep | None = None
+
+    @model_validator(mode="after")
+    def _t_0_spacing(self) -> "Inversion":
+        if self.t_0 is not None and self.spacing not in ("uniform", "linspace"):
+            raise ValueError(f"t_0 needs spacing uniform or linspace, got {self.spacing!r}")
+        return self
 
 
 class TOverride(Strict):

@@ -81,7 +81,9 @@ def run(params: Params, out: Path = OUT) -> dict:
         factor, value = evaluate.edit_target(spec.source, spec.target)
         module, dcfg = load_direction(paths.attribute(attr) / "train" / "direction", model.unet.device)
         sched = read_json(paths.attribute(attr) / "train" / "schedule.json")
-        cfg = EditConfig(sched["t_edit"], sched["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost)
+        cfg = EditConfig(
+            sched["t_edit"], sched["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost, t_0=sched.get("t_0")
+        )
         d = EditDirection(module, dcfg, params.active_coefficients[attr])
         dirs[attr] = (d, factor, value, cfg)
         sel = np.nonzero(f_all[factor] != value)[0][:N_ANALYSIS]

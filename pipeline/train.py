@@ -37,6 +37,7 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
     spec, sch = params.attribute(attr), params.active_schedule
     similarity = clip.prompt_similarity(spec.source, spec.target)
     over = sch.overrides.get(attr)
+    t_0 = params.active_inversion.t_0
     s = choose_schedule(
         load_curves(out),
         similarity,
@@ -45,6 +46,11 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
         t_edit=over.t_edit if over else None,
         t_boost=over.t_boost if over else None,
     )
+    if t_0 is not None and s.t_edit > t_0:
+        raise ValueError(
+            f"{attr}: t_edit={s.t_edit} ({s.source}) is above inversion.t_0={t_0}: the editing "
+            f"interval [t_0, t_edit] is empty; lower t_edit (schedule.overrides) or raise t_0"
+        )
     return {
         "attribute": attr,
         "source": spec.source,
@@ -55,6 +61,7 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
         "threshold_edit": s.threshold_edit,
         "threshold_boost": s.threshold_boost,
         "chosen_by": s.source,
+        "t_0": params.active_inversion.t_0,
         "paper": spec.paper.model_dump() if spec.paper else None,
     }
 
@@ -63,6 +70,11 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
     """epoch -> TrainBatches, streamed from the latent shards (or seeded noise for from-noise attributes)."""
     inv, tr, device = params.active_inversion, params.active_train, model.unet.device
     if from_noise:
+        if inv.t_0 is not None:
+            raise ValueError(
+                f"from_noise trains from x_T ~ N(0, I), which needs the full inversion depth: "
+                f"set inversion.t_0 to null (got {inv.t_0})"
+            )
         shape = (3, model.image_size, model.image_size)
         x_T = random_latents(inv.n_train_images, shape, seed=tr.seed)
         return lambda epoch: (
@@ -70,6 +82,11 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
             for i in range(0, len(x_T), tr.batch_size)
         )
     store = LatentStore(Paths(out).split("train"))
+    if store.metadata.get("t_0") != inv.t_0:
+        raise ValueError(
+            f"the training latents were inverted to t_0={store.metadata.get('t_0')}, params say "
+            f"inversion.t_0={inv.t_0}: rerun the invert stage (dvc repro invert)"
+        )
     cached = store.metadata["source_pred_t"]
     use_cache = bool(cached) and t_edit >= min(cached) and store.metadata["n_train_steps"] == tr.n_train_steps
     cols = ["x_T", "image"] + (["source_pred"] if use_cache else [])
@@ -122,12 +139,14 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         tr.n_train_steps,
         inv.spacing,
         tr.seed,
+        inv.t_0,
         **info,
     )
     cfg = TrainConfig(
         t_edit=sched["t_edit"],
         n_train_steps=tr.n_train_steps,
         spacing=inv.spacing,
+        t_0=inv.t_0,
         epochs=tr.epochs,
         optimizer=tr.optimizer,
         lr=tr.lr,
@@ -138,11 +157,8 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         seed=tr.seed,
     )
     data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out)
-    n_steps = (
-        -(-inv.n_train_images // tr.batch_size)
-        * tr.epochs
-        * len(edit_interval(timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing), sched["t_edit"]))
-    )
+    grid = timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing, inv.t_0)
+    n_steps = -(-inv.n_train_images // tr.batch_size) * tr.epochs * len(edit_interval(grid, sched["t_edit"]))
     bar = tqdm(total=n_steps, desc=f"train {attr}", unit="step")
     rows: list[dict] = []
 

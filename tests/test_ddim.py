@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -58,6 +59,21 @@ def test_grid_errors():
         timestep_grid(1)
     with pytest.raises(ValueError, match="unknown spacing"):
         timestep_grid(10, spacing="cosine")
+    with pytest.raises(ValueError, match="t_0 must be in"):
+        timestep_grid(10, t_0=1000)
+    with pytest.raises(ValueError, match="needs spacing"):
+        timestep_grid(10, spacing="leading", t_0=500)
+    with pytest.raises(ValueError, match="exceeds"):
+        timestep_grid(12, t_0=10)
+
+
+def test_partial_grid_is_the_official_t_0_one():
+    """Official: seq = linspace(0, 1, S) * t_0; t_0 = None is the full T - 1."""
+    g = timestep_grid(20, t_0=700)
+    assert g[0] == 0 and g[-1] == 700 and len(g) == 20
+    assert g.tolist() == (np.linspace(0, 1, 20) * 700).astype(np.int64).tolist()
+    assert timestep_grid(20, t_0=999).tolist() == timestep_grid(20).tolist()
+    assert timestep_grid(20, spacing="linspace", t_0=500)[-1] == 500
 
 
 @pytest.mark.parametrize("n_steps,t", [(40, 999), (40, 500), (20, 50), (50, 19), (10, 99)])
@@ -117,6 +133,16 @@ def test_reconstruction_with_exact_denoiser_converges(alphas, images):
         errors[n] = (rec - x0).abs().mean().item()
     assert errors[40] < 0.1 and errors[200] < 0.02
     assert errors[200] < errors[40] < errors[10]
+
+
+def test_partial_inversion_reconstructs(alphas, images):
+    """Inverting only to t_0 < T and generating back from x_{t_0} is at least as exact as the full depth."""
+    eps_fn, x0 = gaussian_eps(alphas), images.double()
+    errors = {}
+    for t_0 in (None, 500):
+        g = timestep_grid(40, t_0=t_0)
+        errors[t_0] = (ddim_generate(eps_fn, ddim_invert(eps_fn, x0, alphas, g), alphas, g) - x0).abs().mean().item()
+    assert errors[500] < 0.1 and errors[500] <= errors[None] + 1e-6
 
 
 def test_reconstruction_on_small_model(small_model, images):

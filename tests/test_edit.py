@@ -120,7 +120,24 @@ def test_mean_and_global_direction_of_a_constant(small_model, x_T):
     assert torch.allclose(glob.module.delta_h, d.delta_h, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad,msg", [(EditConfig(200, 500), "t_boost < t_edit"), (EditConfig(500, 200, 1), ">= 2")])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (EditConfig(200, 500), "t_boost < t_edit"),
+        (EditConfig(500, 200, 1), ">= 2"),
+        (EditConfig(600, 200, t_0=500), "t_edit <= t_0=500"),
+    ],
+)
 def test_bad_config(small_model, x_T, bad, msg):
     with pytest.raises(ValueError, match=msg):
         asyrp_generate(small_model, x_T, [], bad)
+
+
+def test_partial_depth_edits_only_below_t_0(small_model, x_T, monkeypatch):
+    """With t_0 the grid tops out at t_0: every step at t <= t_0, the interval [t_0, t_edit] edited."""
+    d, cfg = global_dir()
+    seen = []
+    asyrp_generate(small_model, x_T, [EditDirection(d, cfg)], EditConfig(300, 100, 10, t_0=600), callback=seen.append)
+    ts = [s["t"] for s in seen]
+    assert max(ts) == 600 and len(ts) == 10
+    assert [s["phase"] for s in seen if s["t"] >= 300] == ["edit"] * sum(t >= 300 for t in ts)

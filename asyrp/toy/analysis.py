@@ -164,7 +164,7 @@ def eps_norms(model: DiffusionModel, direction: EditDirection, x_T: Tensor, cfg:
     unet, ac, x = model.unet, model.alphas_cumprod, x_T.to(model.unet.device)
     scale = direction.config.n_train_steps / cfg.n_gen_steps
     out = {}
-    for t, t_prev in generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps, cfg.spacing)):
+    for t, t_prev in generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps, cfg.spacing, cfg.t_0)):
         if t < cfg.t_edit:
             break
         state = unet.down(x, t)
@@ -179,8 +179,8 @@ def eps_space_generate(model: DiffusionModel, x_T: Tensor, norms: dict[int, floa
                        seed: int = 0, both: bool = False) -> Tensor:  # fmt: skip
     """Like asyrp_generate, but P_t uses eps + a random shift of norm norms[t] (D_t too when `both`)."""
     unet, ac, x = model.unet, model.alphas_cumprod, x_T.to(model.unet.device)
-    for step, (t, t_prev) in enumerate(generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps,
-                                                                      cfg.spacing))):  # fmt: skip
+    grid = timestep_grid(cfg.n_gen_steps, model.num_train_timesteps, cfg.spacing, cfg.t_0)
+    for step, (t, t_prev) in enumerate(generation_pairs(grid)):
         a_t, a_prev = alpha_prod(ac, t), alpha_prod(ac, t_prev)
         eps = unet(x, t)
         if t >= cfg.t_edit:
