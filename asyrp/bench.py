@@ -18,11 +18,18 @@ forward), measured in this process after warm-up, so ratios compare like with li
     stage_throughput_ratio images/s of bulk inversion into Parquet shards / (images/s of bare forwards at the
                            same number of passes)                                     limit 1.0
     peak_rss_mb_1x/_4x     peak RSS of bulk inversion of N and 4N images (fresh processes; flat = bounded)
+
+Candidate optimisations, each as a speedup of one plain forward (> 1: faster; kept only where it helps):
+
+    opt_inference_mode_speedup  torch.no_grad time / torch.inference_mode time
+    opt_channels_last_speedup   contiguous time / channels_last time (weights and input)
+    opt_compile_speedup         eager time / torch.compile time (with --compile; opt_compile_s: compile time)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import resource
@@ -124,6 +131,32 @@ def step_paths(model, clip, batch: int, repeats: int) -> dict:
     return out
 
 
+def optimisations(model, batch: int, repeats: int, compile_: bool = False) -> dict:
+    """Speedups of one plain forward from inference_mode, channels_last and (opt-in) torch.compile."""
+    unet, dev, t = model.unet, model.unet.device, 500
+    x = torch.randn(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.inference_mode():
+        eager = median_time(lambda: unet(x, t), repeats, dev)
+    with torch.no_grad():
+        no_grad = median_time(lambda: unet(x, t), repeats, dev)
+    out = {"opt_inference_mode_speedup": no_grad / eager}
+    cl_unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out["opt_channels_last_speedup"] = eager / median_time(lambda: cl_unet(x_cl, t), repeats, dev)
+    if compile_:
+        try:
+            compiled = torch.compile(unet.unet)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x, t)
+                out["opt_compile_s"] = time.perf_counter() - start
+                out["opt_compile_speedup"] = eager / median_time(lambda: compiled(x, t), repeats, dev)
+        except Exception as exc:  # no compiler toolchain, unsupported op: report, don't fail the bench
+            out["opt_compile_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return out
+
+
 def _bulk_worker(model_id: str, n: int, batch: int, device: str, queue) -> None:
     """In a fresh process: bulk-invert n generated images; report time and peak RSS."""
     from .bulk import BulkInversion, invert_to_shards
@@ -159,6 +192,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="U-Net autocast (CUDA only)")
     ap.add_argument("--bulk-images", type=int, default=None, help="N for the bulk-inversion runs (4N too)")
     ap.add_argument("--skip-bulk", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     args = ap.parse_args(argv)
     from .models import load_diffusion
 
@@ -181,6 +215,7 @@ def main(argv=None) -> None:
         "clip": clip_name,
     }
     out.update(step_paths(model, _clip(clip_name, device), batch, args.repeats))
+    out.update(optimisations(model, batch, args.repeats, args.compile))
     if not args.skip_bulk:
         n = args.bulk_images or (4 * batch if args.model == "small" else 2 * batch)
         one, four = bulk_stats(model_id, n, batch, args.device), bulk_stats(model_id, 4 * n, batch, args.device)

@@ -23,6 +23,8 @@ KEYS = {
     "params_m",
     "image_size",
     "batch",
+    "opt_inference_mode_speedup",
+    "opt_channels_last_speedup",
 }
 
 
@@ -31,4 +33,4 @@ def test_bench_smoke(capsys):
     bench.main(["--model", "small", "--repeats", "1", "--batch", "2", "--bulk-images", "2"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert KEYS <= set(out), KEYS - set(out)
-    assert all(v > 0 for k, v in out.items() if k.endswith(("_ratio", "_s", "_mb_1x", "_mb_4x")))
+    assert all(v > 0 for k, v in out.items() if k.endswith(("_ratio", "_s", "_mb_1x", "_mb_4x", "_speedup")))
