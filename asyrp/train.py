@@ -35,12 +35,14 @@ class TrainBatch:
     source_pred: {t: (B, C, H, W)} P_t^source for every t >= t_edit on the grid; None -> computed here
     x0:          (B, C, H, W) CLIP source images when clip_source = "x0" (real images, or the plain
                  generation from x_T when training from noise); None -> the source trajectory's x0
+    source_prompts: one source prompt per image (Delta T from each to the target); None -> the loss's prompt
     """
 
     x_T: Tensor
     source_pred: dict[int, Tensor] | None = None
     x0: Tensor | None = None
     ids: list[str] = field(default_factory=list)
+    source_prompts: list[str] | None = None
 
 
 @dataclass
@@ -147,6 +149,11 @@ def train_direction(
     for epoch in range(config.epochs):
         for b, batch in enumerate(get_batches(epoch)):
             src_pred, src_emb = _sources(model, loss_fn, batch, timesteps, config.t_edit, cache, device)
+            text_dir = None
+            if batch.source_prompts is not None:
+                if len(batch.source_prompts) != batch.x_T.shape[0]:
+                    raise ValueError(f"{len(batch.source_prompts)} source prompts for {batch.x_T.shape[0]} images")
+                text_dir = loss_fn.text_directions(batch.source_prompts).to(device)
             stats = _train_trajectory(
                 unet,
                 model,
@@ -159,6 +166,7 @@ def train_direction(
                 opt,
                 sched,
                 config,
+                text_dir,
             )
             for s in stats:
                 s.update(epoch=epoch, batch=b)
@@ -201,7 +209,7 @@ def _stack_or_none(items):
     return None if any(x is None for x in items) else torch.stack(items)
 
 
-def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, src_emb, opt, sched, config):
+def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, src_emb, opt, sched, config, text_dir):
     """One batch through the editing interval; an optimiser step per t or per trajectory."""
     stats = []
     per_traj = config.step_per == "trajectory"
@@ -216,7 +224,7 @@ def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, sr
         delta_h = direction(state.h, t, state.emb)
         eps_edit = unet.up(state, state.h + delta_h)
         p_edit = pred_original_sample(x, eps_edit, a_t)
-        loss, s = loss_fn(p_edit, src_pred[t], emb_src)
+        loss, s = loss_fn(p_edit, src_pred[t], emb_src, text_dir)
         if per_traj:
             (loss / len(interval)).backward()
         else:

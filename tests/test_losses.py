@@ -69,3 +69,23 @@ def test_clip_preprocess_is_differentiable_and_sized(tiny_clip):
     assert y.shape == (2, 3, 32, 32)
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_per_image_source_prompts(tiny_clip):
+    """text_directions: the pair's own source gives the pair's direction; a source equal to the target, none."""
+    loss = AsyrpLoss(tiny_clip, "a shape", "a red shape", LossConfig(templates=False))
+    dirs = loss.text_directions(["a shape", "a green shape", "a red shape"])
+    assert dirs.shape == (3, loss.text_direction.shape[0])
+    assert torch.allclose(dirs[0], loss.text_direction, atol=1e-6)
+    assert not torch.allclose(dirs[1], loss.text_direction, atol=1e-3)
+    assert dirs[2].abs().max() < 1e-6  # already the target: no pull
+    g = torch.Generator().manual_seed(0)
+    edit, src = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1, torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    emb = loss.source_embedding(src)
+    same = loss.text_directions(["a shape"] * 3)
+    assert loss(edit, src, emb, same)[0].item() == pytest.approx(loss(edit, src, emb)[0].item(), rel=1e-6)
+    _, stats = loss(edit, src, emb, dirs)
+    cos = directional_cos(tiny_clip.encode_image(edit), emb, dirs)
+    assert cos[2].item() == 0.0 and stats["cos"] == pytest.approx(cos.mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="non-empty"):
+        loss.text_directions([" "])

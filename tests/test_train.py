@@ -140,3 +140,19 @@ def test_bad_config(small_model, loss, latents, bad, msg):
     x0, x_T = latents
     with pytest.raises(ValueError, match=msg):
         _train(small_model, loss, tensor_batches(x_T, 2, x0=x0), **bad)
+
+
+def test_per_image_source_prompts_steer_training(small_model, loss, latents):
+    """TrainBatch.source_prompts: the pair's source for every image trains exactly as no prompts; others differ."""
+    x0, x_T = latents
+    base, _ = _train(small_model, loss, [TrainBatch(x_T[:2], x0=x0[:2], ids=["0", "1"])])
+    same, _ = _train(
+        small_model, loss, [TrainBatch(x_T[:2], x0=x0[:2], ids=["0", "1"], source_prompts=["a shape"] * 2)]
+    )
+    other, _ = _train(
+        small_model, loss, [TrainBatch(x_T[:2], x0=x0[:2], ids=["0", "1"], source_prompts=["a blue shape"] * 2)]
+    )
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(base.parameters(), same.parameters(), strict=True))
+    assert any(not torch.allclose(p, q, atol=1e-6) for p, q in zip(base.parameters(), other.parameters(), strict=True))
+    with pytest.raises(ValueError, match="1 source prompts for 2 images"):
+        _train(small_model, loss, [TrainBatch(x_T[:2], x0=x0[:2], source_prompts=["a shape"])])
