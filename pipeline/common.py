@@ -179,6 +179,23 @@ def track(params: Params, stage: str, attribute: str | None, out: Path) -> None:
         print(f"warning: MLflow logging of {stage} failed ({type(err).__name__}: {err})", file=sys.stderr)
 
 
+EXPECTED_ERRORS = (ParamsError, ModelLoadError, ValueError, FileNotFoundError)
+
+
+def run_cli(call: Callable[[], dict | None], errors: tuple[type[Exception], ...] = ()) -> dict:
+    """Run a stage body: expected errors print one line and exit 2 (ASYRP_DEBUG=1: raise); prints the summary."""
+    start = time.monotonic()
+    try:
+        summary = call() or {}
+    except EXPECTED_ERRORS + errors as err:
+        if os.environ.get("ASYRP_DEBUG"):
+            raise
+        print(f"error: {err}\n(set ASYRP_DEBUG=1 to see the traceback)", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({"seconds": round(time.monotonic() - start, 1), **summary}, default=_jsonable))
+    return summary
+
+
 def stage_main(run: Callable[..., dict], description: str, attribute: bool = False) -> Callable[[], None]:
     """A CLI for a stage: ``--params``, ``--out`` (and the attribute); expected errors print one line, exit 2."""
 
@@ -189,18 +206,15 @@ def stage_main(run: Callable[..., dict], description: str, attribute: bool = Fal
         ap.add_argument("--params", default="params.yaml")
         ap.add_argument("--out", default=str(OUT))
         args = ap.parse_args(argv)
-        start = time.monotonic()
-        try:
-            params = load_params(args.params)
+        extra = (args.attribute,) if attribute else ()
+        loaded = {}
+
+        def call() -> dict:
+            loaded["params"] = params = load_params(args.params)
             check_dvc_layout(params)
-            extra = (args.attribute,) if attribute else ()
-            summary = run(params, *extra, out=Path(args.out))
-        except (ParamsError, ModelLoadError, ValueError, FileNotFoundError) as err:
-            if os.environ.get("ASYRP_DEBUG"):
-                raise
-            print(f"error: {err}\n(set ASYRP_DEBUG=1 to see the traceback)", file=sys.stderr)
-            sys.exit(2)
-        print(json.dumps({"seconds": round(time.monotonic() - start, 1), **(summary or {})}, default=_jsonable))
-        track(params, _stage_name(run), extra[0] if extra else None, Path(args.out))
+            return run(params, *extra, out=Path(args.out))
+
+        run_cli(call)
+        track(loaded["params"], _stage_name(run), extra[0] if extra else None, Path(args.out))
 
     return main

@@ -15,17 +15,13 @@ outputs/study/<name>/answer_key.json <files or folder>``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import time
 from pathlib import Path
 
 from asyrp.latents import LatentStore
 from asyrp.study import Condition, StudyError, build_study
 
-from .common import OUT, Paths, _jsonable, check_dvc_layout, read_json, write_json
-from .params import Params, ParamsError, load_params
+from .common import OUT, Paths, check_dvc_layout, read_json, run_cli, write_json
+from .params import Params, load_params
 
 
 def run(params: Params, name: str, out: Path = OUT, root: Path = Path(".")) -> dict:
@@ -90,17 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    start = time.monotonic()
-    try:
+
+    def call() -> dict:
         params = load_params(args.params)
         check_dvc_layout(params)
-        summary = run(params, args.name, Path(args.out), Path(args.params).resolve().parent)
-    except (ParamsError, StudyError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("ASYRP_DEBUG"):
-            raise
-        print(f"error: {err}\n(set ASYRP_DEBUG=1 to see the traceback)", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps({"seconds": round(time.monotonic() - start, 1), **summary}, default=_jsonable))
+        return run(params, args.name, Path(args.out), Path(args.params).resolve().parent)
+
+    run_cli(call, (StudyError,))
 
 
 if __name__ == "__main__":
