@@ -91,12 +91,17 @@ class AttributeSpec(Strict):
     lambda_clip: PosFloat
     lambda_recon: LambdaRecon = "auto"  # "auto" = 3 x CLIP cosine similarity of the prompts
     from_noise: bool | None = False  # train from x_T ~ N(0, I); None (unknown) = inverted images
+    # Beyond the paper: a per-image source prompt for training, filled from each image's manifest columns,
+    # e.g. "a {colour} shape" (Delta T then points from what the image is to the target). None: `source`.
+    source_per_image: Text | None = None
     paper: PaperRow | None = None
 
     @model_validator(mode="after")
     def _prompts_differ(self) -> "AttributeSpec":
         if self.source.lower() == self.target.lower():
             raise ValueError(f"target must differ from source, both are {self.source!r}")
+        if self.source_per_image is not None and self.from_noise:
+            raise ValueError("source_per_image needs inverted images with manifest columns, not from_noise")
         return self
 
     def lambda_recon_for(self, clip_cosine: float) -> float:

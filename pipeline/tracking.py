@@ -210,6 +210,8 @@ def _log_train(c, run, params: Params, attribute: str, paths: Paths, register: b
             "model_id": params.active_profile.model.id,
             "n_gen_steps": params.active_edit.n_gen_steps,
             "from_noise": spec.trains_from_noise,
+            "source_per_image": spec.source_per_image or "",
+            "t_0": params.active_inversion.t_0 if params.active_inversion.t_0 is not None else "T-1",
         },
     )
     rows = read_csv(folder / "loss.csv")

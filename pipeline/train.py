@@ -27,7 +27,7 @@ from asyrp.losses import AsyrpLoss, LossConfig
 from asyrp.schedule import choose_schedule
 from asyrp.train import TrainBatch, TrainConfig, edit_interval, train_direction
 
-from .common import OUT, Paths, line_plot, load_model, load_train_clip, stage_main, write_csv, write_json
+from .common import OUT, Paths, line_plot, load_model, load_train_clip, read_csv, stage_main, write_csv, write_json
 from .params import Params
 from .schedule import load_curves
 
@@ -66,7 +66,19 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
     }
 
 
-def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Path):
+def per_image_prompts(template: str, rows: dict[str, dict], ids: list[str]) -> list[str]:
+    """``template`` ("a {colour} shape") filled from each image's manifest row."""
+    try:
+        return [template.format(**rows[i]) for i in ids]
+    except (KeyError, IndexError, ValueError) as exc:
+        columns = sorted(next(iter(rows.values()), {}))
+        raise ValueError(
+            f"source_per_image {template!r} cannot be filled from the dataset's manifest.csv ({exc!r}); "
+            f"its columns: {columns}"
+        ) from None
+
+
+def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Path, source_per_image=None):
     """epoch -> TrainBatches, streamed from the latent shards (or seeded noise for from-noise attributes)."""
     inv, tr, device = params.active_inversion, params.active_train, model.unet.device
     if from_noise:
@@ -90,6 +102,9 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
     cached = store.metadata["source_pred_t"]
     use_cache = bool(cached) and t_edit >= min(cached) and store.metadata["n_train_steps"] == tr.n_train_steps
     cols = ["x_T", "image"] + (["source_pred"] if use_cache else [])
+    rows = {r["id"]: r for r in read_csv(Paths(out).data / "manifest.csv")} if source_per_image else {}
+    if source_per_image:
+        per_image_prompts(source_per_image, rows, store.ids[:1])  # fail before any training
 
     def batches(epoch: int):
         for ids, c in store.iter_batches(cols, tr.batch_size):
@@ -97,7 +112,8 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
             if use_cache:  # (B, K, 3, H, W) float16 -> {t: (B, 3, H, W)} for the interval's timesteps
                 preds = {t: c["source_pred"][:, k].float().to(device) for k, t in enumerate(cached) if t >= t_edit}
             x0 = c["image"].float().div(127.5).sub(1)
-            yield TrainBatch(c["x_T"].to(device), source_pred=preds, x0=x0.to(device), ids=ids)
+            prompts = per_image_prompts(source_per_image, rows, ids) if source_per_image else None
+            yield TrainBatch(c["x_T"].to(device), source_pred=preds, x0=x0.to(device), ids=ids, source_prompts=prompts)
 
     return batches
 
@@ -128,6 +144,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "epochs": tr.epochs,
         "n_images": inv.n_train_images,
         "from_noise": spec.trains_from_noise,
+        "source_per_image": spec.source_per_image,
     }
     direction, dcfg = new_direction(
         model,
@@ -156,7 +173,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         step_per=tr.step_per,
         seed=tr.seed,
     )
-    data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out)
+    data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out, spec.source_per_image)
     grid = timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing, inv.t_0)
     n_steps = -(-inv.n_train_images // tr.batch_size) * tr.epochs * len(edit_interval(grid, sched["t_edit"]))
     bar = tqdm(total=n_steps, desc=f"train {attr}", unit="step")

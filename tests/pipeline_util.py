@@ -9,6 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def plumbing_params() -> dict:
+    """The repo's params.yaml as a dict, switched to the fast plumbing profile `offline` (red, blue)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["profile"], data["attributes"] = "offline", ["red", "blue"]
+    return data
+
+
 def tool_env(extra: dict | None = None) -> dict:
     """The test venv first on PATH (python, dvc), telemetry off, offline."""
     env = dict(os.environ)

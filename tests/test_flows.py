@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from .pipeline_util import ROOT
+from .pipeline_util import plumbing_params
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_params(tmp_path: Path) -> Path:
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = plumbing_params()
     over = data["profiles"]["offline"]["overrides"]
     over["inversion"].update(n_train_images=4, n_test_images=2, shard_size=2, batch_size=2, n_inv_steps=8)
     over["schedule"].update(n_images=2, n_curve_steps=8)

@@ -16,12 +16,15 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @pytest.fixture(scope="module")
 def raw() -> dict:
-    return P.parse_yaml(PARAMS.read_text())
+    """The shipped params switched to the plumbing profile `offline` (what most checks below edit)."""
+    data = P.parse_yaml(PARAMS.read_text())
+    data["profile"], data["attributes"] = "offline", ["red", "blue"]
+    return data
 
 
 @pytest.fixture(scope="module")
-def params() -> P.Params:
-    return P.load_params(PARAMS)
+def params(raw) -> P.Params:
+    return P.params_from_dict(copy.deepcopy(raw))
 
 
 def problems(raw: dict, change) -> str:
@@ -36,7 +39,20 @@ def problems(raw: dict, change) -> str:
 # --- the shipped file ----------------------------------------------------------------------------
 
 
-def test_shipped_params_load(params):
+def test_shipped_default_is_the_toy_world():
+    shipped = P.load_params(PARAMS)
+    assert shipped.profile == "toy" and shipped.attributes == ["red", "circle", "large"]
+    assert shipped.active_profile.model.id == "offline:toy" and shipped.active_profile.clip.name == "offline:toy-clip"
+    assert shipped.inversion.t_0 is None and shipped.active_inversion.t_0 == 500  # paper: full depth
+    assert "profile toy" in shipped.summary()
+
+
+def test_t_0_needs_a_uniform_grid(raw):
+    message = problems(raw, lambda d: d["inversion"].update(t_0=500, spacing="leading"))
+    assert "inversion: " in message and "t_0 needs spacing uniform or linspace" in message
+
+
+def test_plumbing_params_load(params):
     assert params.profile == "offline" and params.attributes == ["red", "blue"]
     assert params.active_profile.model.id == "offline:small"
     assert list(params.active_attributes) == ["red", "blue"]
@@ -328,7 +344,7 @@ def test_use_profile_round_trip_keeps_comments(tmp_path, capsys):
 
     assert use_profile.main(["lsun_church", "--attributes", "gothic,factory", "--path", str(path)]) == 0
     assert P.load_params(path).attributes == ["gothic", "factory"]
-    assert use_profile.main(["offline", "--path", str(path)]) == 0
+    assert use_profile.main(["toy", "--path", str(path)]) == 0
     assert path.read_text() == original  # byte for byte
 
 
@@ -353,3 +369,19 @@ def test_use_profile_all_adds_custom_attributes(tmp_path):
     assert P.load_params(path).attributes[-1] == "round"
     assert use_profile.main(["offline", "--path", str(path)]) == 0
     assert P.load_params(path).attributes == ["red", "blue"]
+
+
+def test_source_per_image(raw):
+    message = problems(
+        raw, lambda d: d["catalog"]["offline"]["red"].update(source_per_image="a {colour} shape", from_noise=True)
+    )
+    assert "catalog.offline.red: " in message and "source_per_image needs inverted images" in message
+    from pipeline.train import per_image_prompts
+
+    rows = {
+        "1": {"id": "1", "colour": "green", "shape": "circle"},
+        "2": {"id": "2", "colour": "blue", "shape": "square"},
+    }
+    assert per_image_prompts("a {colour} {shape}", rows, ["2", "1"]) == ["a blue square", "a green circle"]
+    with pytest.raises(ValueError, match=r"cannot be filled.*'hair'.*columns: \['colour', 'id', 'shape'\]"):
+        per_image_prompts("a {hair} person", rows, ["1"])

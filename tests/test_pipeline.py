@@ -15,14 +15,14 @@ from PIL import Image
 
 from pipeline.params import load_params, params_from_dict
 
-from .pipeline_util import ROOT, tool_env
+from .pipeline_util import ROOT, plumbing_params, tool_env
 
 pytestmark = pytest.mark.slow
 
 
 def small_params(tmp_path: Path, **inversion) -> Path:
     """params.yaml of the repo with the offline profile shrunk further (fast stage runs)."""
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = plumbing_params()
     over = data["profiles"]["offline"]["overrides"]
     over["inversion"].update(
         {"n_train_images": 12, "n_test_images": 4, "shard_size": 4, "batch_size": 2, "n_inv_steps": 10, **inversion}
@@ -81,7 +81,7 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         ("train", {"lr": -1}, "train.lr: must be > 0"),
         ("attributes", ["red", "purple"], "purple"),
     ):
-        bad = yaml.safe_load((ROOT / "params.yaml").read_text())
+        bad = plumbing_params()
         bad[key] = {**bad[key], **value} if isinstance(value, dict) else value
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(bad))
@@ -103,7 +103,7 @@ def test_download_counts_bad_images_and_goes_on(tmp_path):
     (raw / "empty.jpg").write_bytes(b"")
     (raw / "text.png").write_text("not an image")
     Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(raw / "tiny.png")
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = plumbing_params()
     data["profiles"]["offline"]["dataset"] = {"source": "folder", "path": str(raw)}
     over = data["profiles"]["offline"]["overrides"]["inversion"]
     over.update(n_train_images=4, n_test_images=2)
@@ -116,5 +116,5 @@ def test_download_counts_bad_images_and_goes_on(tmp_path):
 
 def test_shipped_params_load():
     p = load_params(ROOT / "params.yaml")
-    assert p.profile == "offline" and p.attributes == ["red", "blue"]
+    assert p.profile == "toy" and p.attributes == ["red", "circle", "large"]
     shutil.rmtree(ROOT / "outputs" / "nothing", ignore_errors=True)

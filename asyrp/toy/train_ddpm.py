@@ -2,8 +2,10 @@
 
     python -m asyrp.toy.train_ddpm --steps 6000 --out runs/toy_ddpm     # then --export to ship it
 
-Epsilon-prediction MSE on DDPM's linear 1000-step schedule, AdamW with warmup, an EMA of the weights
-(the EMA is what ships). Writes ``<out>/loss.csv`` (step, loss, lr, seconds), ``<out>/loss.png``,
+Epsilon-prediction MSE on DDPM's linear 1000-step schedule, AdamW with warmup and a linear decay over the
+last 30% of steps, an EMA of the weights. ``--export-weights`` picks what ships: the EMA, or the raw weights
+(better when the run ends in the low-lr decay, which the EMA still averages with earlier weights).
+Writes ``<out>/loss.csv`` (step, loss, lr, seconds), ``<out>/loss.png``,
 ``<out>/ckpt.pt`` (resumable) and ``<out>/ema.safetensors`` (fp16) every ``--save-every`` steps.
 Training images use seeds 10_000 + step; the pipeline's held-out images use other seeds (see
 `asyrp.toy.data`), so evaluation never sees a training image.
@@ -115,7 +117,9 @@ def train(args) -> None:
             plot_loss(out / "loss.csv", out / "loss.png", "toy DDPM: eps MSE")
     log.close()
     if args.export:
-        save_fp16(ema.state_dict(), DDPM_WEIGHTS, {"step": args.steps, "config": TOY_UNET_CONFIG})
+        state = (ema if args.export_weights == "ema" else unet).state_dict()
+        meta = {"step": args.steps, "config": TOY_UNET_CONFIG, "weights": args.export_weights, "args": vars(args)}
+        save_fp16(state, DDPM_WEIGHTS, meta)
         print(f"exported {DDPM_WEIGHTS}")
 
 
@@ -132,7 +136,8 @@ def main(argv=None) -> None:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-    p.add_argument("--export", action="store_true", help=f"write the EMA weights to {DDPM_WEIGHTS}")
+    p.add_argument("--export", action="store_true", help=f"write the weights to {DDPM_WEIGHTS}")
+    p.add_argument("--export-weights", choices=["ema", "model"], default="ema", help="EMA or raw weights")
     train(p.parse_args(argv))
 
 
