@@ -197,6 +197,9 @@ class Schedule(Strict):
     n_images: PosInt
     n_curve_steps: Steps
     overrides: dict[Name, TOverride]
+    # t_edit for every attribute without an override (None: the LPIPS rule). For worlds whose CLIP makes
+    # the 0.33 x cos rule unusable (the toy CLIP's prompt similarities can be negative).
+    t_edit_default: Timestep | None = None
 
 
 class Train(Strict):

@@ -43,7 +43,7 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
         similarity,
         sch.lpips_edit_threshold,
         sch.lpips_boost_threshold,
-        t_edit=over.t_edit if over else None,
+        t_edit=over.t_edit if over and over.t_edit is not None else sch.t_edit_default,
         t_boost=over.t_boost if over else None,
     )
     if t_0 is not None and s.t_edit > t_0:

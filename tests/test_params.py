@@ -44,6 +44,7 @@ def test_shipped_default_is_the_toy_world():
     assert shipped.profile == "toy" and shipped.attributes == ["red", "circle", "large"]
     assert shipped.active_profile.model.id == "offline:toy" and shipped.active_profile.clip.name == "offline:toy-clip"
     assert shipped.inversion.t_0 is None and shipped.active_inversion.t_0 == 500  # paper: full depth
+    assert shipped.schedule.t_edit_default is None and shipped.active_schedule.t_edit_default == 300
     assert "profile toy" in shipped.summary()
 
 
@@ -385,3 +386,25 @@ def test_source_per_image(raw):
     assert per_image_prompts("a {colour} {shape}", rows, ["2", "1"]) == ["a blue square", "a green circle"]
     with pytest.raises(ValueError, match=r"cannot be filled.*'hair'.*columns: \['colour', 'id', 'shape'\]"):
         per_image_prompts("a {hair} person", rows, ["1"])
+
+
+def test_t_edit_default_and_the_t_0_check(raw, monkeypatch):
+    """schedule.t_edit_default pins t_edit for every attribute without an override; a t_edit above
+    inversion.t_0 (an empty editing interval) is refused with the fix in the message."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from asyrp.schedule import LpipsCurves
+    from pipeline import train as T
+
+    curves = LpipsCurves(np.array([0, 500, 999]), np.array([0.0, 0.01, 0.1]), np.array([0.0, 0.05, 0.2]), 4, False)
+    monkeypatch.setattr(T, "load_curves", lambda out: curves)
+    clip = SimpleNamespace(prompt_similarity=lambda a, b: 0.5)
+    data = copy.deepcopy(raw)
+    data["profile"], data["attributes"] = "toy", ["red", "circle", "large"]
+    s = T.attribute_schedule(P.params_from_dict(data), "circle", clip, Path("unused"))
+    assert s["t_edit"] == 300 and s["t_0"] == 500 and s["chosen_by"] == "override"
+    data["profiles"]["toy"]["overrides"]["schedule"]["t_edit_default"] = None  # the rule: t_edit ~ 833 > t_0
+    with pytest.raises(ValueError, match=r"circle: t_edit=8\d\d \(lpips\) is above inversion.t_0=500"):
+        T.attribute_schedule(P.params_from_dict(data), "circle", clip, Path("unused"))
