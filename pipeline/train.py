@@ -61,7 +61,7 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
         "threshold_edit": s.threshold_edit,
         "threshold_boost": s.threshold_boost,
         "chosen_by": s.source,
-        "t_0": params.active_inversion.t_0,
+        "t_0": t_0,
         "paper": spec.paper.model_dump() if spec.paper else None,
     }
 

@@ -56,29 +56,27 @@ def load_fp32(path: Path) -> tuple[dict, dict]:
     return state, meta
 
 
-def load_toy_unet(path: str | Path | None = None):
-    """The shipped toy DDPM U-Net (fp16 on disk, float32 in memory)."""
+def _with_weights(module, path: Path, what: str, command: str):
+    """``module`` with the fp16 safetensors at ``path`` loaded (as float32); a clear error when missing."""
     from ..models import ModelLoadError
 
-    path = Path(path or DDPM_WEIGHTS)
     if not path.is_file():
-        raise ModelLoadError(f"toy DDPM weights {path} missing; train them: python -m asyrp.toy.train_ddpm")
-    unet = build_toy_unet()
+        raise ModelLoadError(f"toy {what} weights {path} missing; train them: python -m {command}")
     state, _ = load_fp32(path)
-    unet.load_state_dict(state)
+    module.load_state_dict(state)
+    return module
+
+
+def load_toy_unet(path: str | Path | None = None):
+    """The shipped toy DDPM U-Net (fp16 on disk, float32 in memory)."""
+    unet = _with_weights(build_toy_unet(), Path(path or DDPM_WEIGHTS), "DDPM", "asyrp.toy.train_ddpm")
     return unet.eval()
 
 
 def load_toy_clip(path: str | Path | None = None, device="cpu"):
     """The shipped toy CLIP as an `asyrp.clip.ClipModel` (word-level tokenizer, 32-px input)."""
     from ..clip import ClipModel
-    from ..models import ModelLoadError
     from .clip_model import MEAN, STD, WordTokenizer, build_toy_clip
 
-    path = Path(path or CLIP_WEIGHTS)
-    if not path.is_file():
-        raise ModelLoadError(f"toy CLIP weights {path} missing; train them: python -m asyrp.toy.train_clip --export")
-    model = build_toy_clip()
-    state, _ = load_fp32(path)
-    model.load_state_dict(state)
+    model = _with_weights(build_toy_clip(), Path(path or CLIP_WEIGHTS), "CLIP", "asyrp.toy.train_clip --export")
     return ClipModel(model, WordTokenizer(), "offline:toy-clip", "toy", 32, MEAN, STD).to(device)
