@@ -2,13 +2,14 @@
 
     python -m asyrp.bench --model small|ddpm256 [--batch B] [--device cpu|cuda] [--repeats R] [--dtype bf16]
 
-Prints one JSON object. Every ``*_ratio`` is (median time of the path) / (median time of one plain U-Net
-forward), measured in this process after warm-up, so ratios compare like with like:
+Prints one JSON object. Every ``*_ratio`` is the median, over repeats, of (time of the path) / (time of one
+plain U-Net forward run right before it), in this process after warm-up, so ratios compare like with like
+even when the machine's speed drifts during the run:
 
     inversion_step_ratio   one DDIM inversion step (forward + update)               limit 1.0
     plain_step_ratio       one generation step outside the editing interval          limit 1.0
     up_path_ratio          the up path alone (its share of a forward)
-    edit_step_ratio        one step inside the interval: one down pass, both up passes batched, f_t
+    edit_step_ratio        one step inside the interval: one down pass, f_t, two up passes (batched on GPU)
                            (limit 1 + up_path_ratio; naive two forwards = 2.0)
     naive_edit_step_ratio  the same step as two full passes, measured
     train_step_ratio       ours: down (no graph) + up + f_t + up with graph + CLIP loss + backward + SGD step,
@@ -16,7 +17,7 @@ forward), measured in this process after warm-up, so ratios compare like with li
     naive_train_step_ratio the official way: edited path as two full forwards (the second with a graph through
                            the whole U-Net), source path recomputed by a third forward, same loss and step
     stage_throughput_ratio images/s of bulk inversion into Parquet shards / (images/s of bare forwards at the
-                           same number of passes)                                     limit 1.0
+                           same number of passes), both timed in the bulk run's own process (limit 1.0)
     peak_rss_mb_1x/_4x     peak RSS of bulk inversion of N and 4N images (fresh processes; flat = bounded)
 
 Candidate optimisations, each as a speedup of one plain forward (> 1: faster; kept only where it helps):
@@ -43,18 +44,35 @@ import torch
 MODELS = {"small": ("offline:small", 32, "offline:tiny"), "ddpm256": ("offline:ddpm-256-random", 256, "ViT-B-16")}
 
 
+def timed(fn, device) -> float:
+    """Seconds of one call of fn (CUDA synchronised on both sides)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median_time(fn, repeats: int, device) -> float:
     fn()  # warm-up (allocations, kernel selection)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def median_ratio(fn, ref, repeats: int, device) -> float:
+    """Median over repeats of time(fn) / time(ref), each pair timed back to back: load that drifts over the run
+    (a shared machine) moves both alike, where separately taken medians drift apart."""
+    fn(), ref()  # warm-up
+    return statistics.median(timed(fn, device) / timed(ref, device) for _ in range(repeats))
+
+
+def _inference(fn):
+    def run():
+        with torch.inference_mode():
+            return fn()
+
+    return run
 
 
 def _clip(name: str, device):
@@ -78,26 +96,20 @@ def step_paths(model, clip, batch: int, repeats: int) -> dict:
     loss_fn = AsyrpLoss(clip, "a face", "a smiling face", LossConfig(templates=False))
     src_pred = torch.randn_like(x)
     src_emb = loss_fn.source_embedding(src_pred)
-    res = {}
+    forward = _inference(lambda: unet(x, t))
+    out = {"forward_s": median_time(forward, repeats, dev)}
     with torch.inference_mode():
-        res["forward_s"] = median_time(lambda: unet(x, t), repeats, dev)
         state = unet.down(x, t)
-        res["up_path"] = median_time(lambda: unet.up(state), repeats, dev)
-        res["inversion_step"] = median_time(lambda: ddim_step(x, unet(x, t), a_t, a_prev), repeats, dev)
-        res["plain_step"] = median_time(lambda: ddim_step(x, unet(x, t), a_t, a_prev), repeats, dev)
 
-        def edit_step():
-            s = unet.down(x, t)
-            eps, eps_edit = unet.eps_pair(s, direction(s.h, t, s.emb))
-            return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
+    def edit_step():
+        s = unet.down(x, t)
+        eps, eps_edit = unet.eps_pair(s, direction(s.h, t, s.emb))
+        return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
 
-        def naive_edit_step():  # two full passes, delta_h inserted by a hook (the official way)
-            s = unet.down(x, t)
-            eps_edit = unet.up(unet.down(x, t), s.h + direction(s.h, t, s.emb))
-            return ddim_step(x, unet(x, t), a_t, a_prev, eps_edit=eps_edit)
-
-        res["edit_step"] = median_time(edit_step, repeats, dev)
-        res["naive_edit_step"] = median_time(naive_edit_step, repeats, dev)
+    def naive_edit_step():  # two full passes, delta_h inserted by a hook (the official way)
+        s = unet.down(x, t)
+        eps_edit = unet.up(unet.down(x, t), s.h + direction(s.h, t, s.emb))
+        return ddim_step(x, unet(x, t), a_t, a_prev, eps_edit=eps_edit)
 
     def train_step():
         with torch.no_grad():
@@ -123,11 +135,16 @@ def step_paths(model, clip, batch: int, repeats: int) -> dict:
         opt.step()
         return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
 
-    res["train_step"] = median_time(train_step, repeats, dev)
-    res["naive_train_step"] = median_time(naive_train_step, repeats, dev)
-    f = res.pop("forward_s")
-    out = {"forward_s": f}
-    out.update({f"{k}_ratio": v / f for k, v in res.items()})
+    paths = {
+        "up_path": _inference(lambda: unet.up(state)),
+        "inversion_step": _inference(lambda: ddim_step(x, unet(x, t), a_t, a_prev)),
+        "plain_step": _inference(lambda: ddim_step(x, unet(x, t), a_t, a_prev)),
+        "edit_step": _inference(edit_step),
+        "naive_edit_step": _inference(naive_edit_step),
+        "train_step": train_step,
+        "naive_train_step": naive_train_step,
+    }
+    out.update({f"{k}_ratio": median_ratio(fn, forward, repeats, dev) for k, fn in paths.items()})
     return out
 
 
@@ -135,48 +152,63 @@ def optimisations(model, batch: int, repeats: int, compile_: bool = False) -> di
     """Speedups of one plain forward from inference_mode, channels_last and (opt-in) torch.compile."""
     unet, dev, t = model.unet, model.unet.device, 500
     x = torch.randn(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0)).to(dev)
-    with torch.inference_mode():
-        eager = median_time(lambda: unet(x, t), repeats, dev)
-    with torch.no_grad():
-        no_grad = median_time(lambda: unet(x, t), repeats, dev)
-    out = {"opt_inference_mode_speedup": no_grad / eager}
+    eager = _inference(lambda: unet(x, t))
+
+    def no_grad():
+        with torch.no_grad():
+            return unet(x, t)
+
+    out = {"opt_inference_mode_speedup": median_ratio(no_grad, eager, repeats, dev)}
     cl_unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        out["opt_channels_last_speedup"] = eager / median_time(lambda: cl_unet(x_cl, t), repeats, dev)
+    out["opt_channels_last_speedup"] = median_ratio(eager, _inference(lambda: cl_unet(x_cl, t)), repeats, dev)
     if compile_:
         try:
             compiled = torch.compile(unet.unet)
             start = time.perf_counter()
             with torch.inference_mode():
                 compiled(x, t)
-                out["opt_compile_s"] = time.perf_counter() - start
-                out["opt_compile_speedup"] = eager / median_time(lambda: compiled(x, t), repeats, dev)
+            out["opt_compile_s"] = time.perf_counter() - start
+            out["opt_compile_speedup"] = median_ratio(eager, _inference(lambda: compiled(x, t)), repeats, dev)
         except Exception as exc:  # no compiler toolchain, unsupported op: report, don't fail the bench
             out["opt_compile_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return out
 
 
-def _bulk_worker(model_id: str, n: int, batch: int, device: str, queue) -> None:
-    """In a fresh process: bulk-invert n generated images; report time and peak RSS."""
+def _bulk_worker(model_id: str, n: int, batch: int, device: str, repeats: int, queue) -> None:
+    """In a fresh process: bulk-invert n generated images; report time, peak RSS and bare-forward time."""
     from .bulk import BulkInversion, invert_to_shards
     from .data import make_shapes_dataset
     from .models import load_diffusion
 
     model = load_diffusion(model_id, device)
+    # Bare forwards timed in this process and thread state, before and after the stage (median of both): a
+    # forward timed in another process, or only before, drifts with the machine's load (docs/benchmarks.md).
+    x = torch.randn(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(model.unet.device)
+    forward = _inference(lambda: model.unet(x, 500))
+    forward_times = [median_time(forward, repeats, torch.device(device))]
     with tempfile.TemporaryDirectory() as tmp:
         make_shapes_dataset(Path(tmp) / "data", n, model.image_size, seed=1)
         items = [(f"{i:05d}", str(Path(tmp) / "data" / "images" / f"{i:05d}.png")) for i in range(n)]
         cfg = BulkInversion(n_inv_steps=10, n_train_steps=10, cache_min_t=300, shard_size=2 * batch, batch_size=batch)
         invert_to_shards(model, items, Path(tmp) / "latents", cfg, {"bench": True}, progress=False)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        queue.put({"seconds": cfg.timings["seconds"], "passes": cfg.timings["passes"], "peak_rss_mb": peak})
+    forward_times.append(median_time(forward, repeats, torch.device(device)))
+    queue.put(
+        {
+            "seconds": cfg.timings["seconds"],
+            "passes": cfg.timings["passes"],
+            "peak_rss_mb": peak,
+            "forward_s": statistics.median(forward_times),
+        }
+    )
 
 
-def bulk_stats(model_id: str, n: int, batch: int, device: str) -> dict:
+def bulk_stats(model_id: str, n: int, batch: int, device: str, repeats: int = 3) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_bulk_worker, args=(model_id, n, batch, device, q))
+    p = ctx.Process(target=_bulk_worker, args=(model_id, n, batch, device, repeats, q))
     p.start()
     out = q.get()
     p.join()
@@ -218,10 +250,12 @@ def main(argv=None) -> None:
     out.update(optimisations(model, batch, args.repeats, args.compile))
     if not args.skip_bulk:
         n = args.bulk_images or (4 * batch if args.model == "small" else 2 * batch)
-        one, four = bulk_stats(model_id, n, batch, args.device), bulk_stats(model_id, 4 * n, batch, args.device)
-        ideal = four["passes"] / batch * out["forward_s"]  # seconds if the stage were nothing but forwards
+        one = bulk_stats(model_id, n, batch, args.device, args.repeats)
+        four = bulk_stats(model_id, 4 * n, batch, args.device, args.repeats)
+        ideal = four["passes"] / batch * four["forward_s"]  # seconds if the stage were nothing but forwards
         out.update(
             stage_throughput_ratio=ideal / four["seconds"],
+            bulk_forward_s=four["forward_s"],
             peak_rss_mb_1x=one["peak_rss_mb"],
             peak_rss_mb_4x=four["peak_rss_mb"],
             bulk_images=[n, 4 * n],
