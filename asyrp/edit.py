@@ -96,7 +96,7 @@ def asyrp_generate(
     x = x_T.to(unet.device)
     for step, (t, t_prev) in enumerate(generation_pairs(timesteps)):
         a_t, a_prev = alpha_prod(ac, t), alpha_prod(ac, t_prev)
-        if t >= config.t_edit and active:  # phase 1: one down pass, two batched up passes
+        if t >= config.t_edit and active:  # phase 1: one down pass, two up passes (HUNet.eps_pair)
             state = unet.down(x, t)
             delta_h = _delta_h(active, state, t, config.n_gen_steps, config.normalize_multi)
             eps, eps_edit = unet.eps_pair(state, delta_h)

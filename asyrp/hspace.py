@@ -147,11 +147,15 @@ class HUNet(nn.Module):
         """Plain eps(x_t): one full pass."""
         return self.up(self.down(sample, timestep))
 
-    def eps_pair(self, state: DownState, delta_h: Tensor) -> tuple[Tensor, Tensor]:
-        """(eps(x_t), eps(x_t | delta_h)) from one down state with the two up passes batched."""
+    def eps_pair(self, state: DownState, delta_h: Tensor, batched: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(eps(x_t), eps(x_t | delta_h)) from one down state. The two up passes run batched (``batched``; default
+        on an accelerator) or one after the other (default on CPU, where a batch of 2B is no faster than two of
+        B and tiling the skip activations costs ~5% of a step: docs/benchmarks.md)."""
+        h_edit = state.h + delta_h.to(state.h.dtype)
+        if not (state.h.device.type != "cpu" if batched is None else batched):
+            return self.up(state), self.up(state, h_edit)
         b = state.h.shape[0]
-        tiled = state.repeat(2)
-        eps = self.up(tiled, torch.cat([state.h, state.h + delta_h.to(state.h.dtype)]))
+        eps = self.up(state.repeat(2), torch.cat([state.h, h_edit]))
         return eps[:b], eps[b:]
 
 

@@ -50,8 +50,8 @@ def test_phases_and_pass_counts(small_model, x_T, monkeypatch):
     assert [p["phase"] for p in phases] == expect
     n_edit = expect.count("edit")
     assert calls["down"] == 10  # one down pass per step, inside and outside the interval
-    assert calls["up"] == 10  # ...and one (batched) up call per step
-    assert calls["up_batch"][:n_edit] == [4] * n_edit and set(calls["up_batch"][n_edit:]) == {2}
+    assert calls["up"] == 10 + n_edit  # one up pass per step, a second (eps | delta_h) in the interval (CPU)
+    assert calls["up_batch"][: 2 * n_edit] == [2] * 2 * n_edit and set(calls["up_batch"][2 * n_edit :]) == {2}
 
 
 def test_zero_coefficient_is_plain_generation(small_model, x_T):

@@ -61,10 +61,11 @@ def test_eps_pair_is_two_up_passes(small_model):
     with torch.no_grad():
         state = m.down(x, 600)
         delta = torch.randn_like(state.h)
-        eps, eps_edit = m.eps_pair(state, delta)
-        assert torch.allclose(eps, m.up(state), atol=1e-5)
-        assert torch.allclose(eps_edit, m.up(state, state.h + delta), atol=1e-5)
-        assert (eps_edit - eps).abs().mean() > 1e-3
+        for batched in (None, True, False):  # CPU default: in sequence; batched: the accelerator default
+            eps, eps_edit = m.eps_pair(state, delta, batched=batched)
+            assert torch.allclose(eps, m.up(state), atol=1e-5)
+            assert torch.allclose(eps_edit, m.up(state, state.h + delta), atol=1e-5)
+            assert (eps_edit - eps).abs().mean() > 1e-3
 
 
 def test_shapes(small_model):
