@@ -2,7 +2,9 @@
 
 outputs/toy/metrics.json   models (DDPM samples clean by the oracle, CLIP zero-shot accuracy), every
                            attribute's toy_eval metrics, homogeneity, consistency, linearity, combination,
-                           robustness; each with n (held-out test images)
+                           robustness, and two diagnostics beyond the paper: the supervised ceiling (f_t
+                           trained on the ground-truth edit, no CLIP) and the CLIP check (does Eq. 4 prefer
+                           the clean edit?); each with n (held-out test images)
 outputs/toy/report/report.md  the same as tables, with the image grids and plots (outputs/toy/report/*.png)
 
 Measured on the test split (never used to train f_t, the DDPM or the CLIP). The mean direction is read from
@@ -20,10 +22,12 @@ import torch
 from .common import OUT, Paths, line_plot, read_csv, read_json, stage_main, write_json
 from .params import Params
 from .toy_eval import SKIPPED, is_toy
+from .train import train_config
 
 N_ANALYSIS = 32  # test images per analysis (bounded: the whole toy `dvc repro` must stay within minutes)
 N_FIT = 20  # images the mean direction is read from (paper App. L: N = 20)
 N_SAMPLES = 64  # DDPM samples scored by the oracle
+N_CEILING = 32  # training images of the ground-truth-supervised f_t (the ceiling; bounded like N_ANALYSIS)
 SWEEP = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
 
@@ -47,7 +51,7 @@ def run(params: Params, out: Path = OUT) -> dict:
     from asyrp.toy import analysis, evaluate, oracle
     from asyrp.toy.data import factors_from_rows
 
-    from .common import load_model
+    from .common import load_model, load_train_clip
 
     torch.manual_seed(0)
     ed, inv = params.active_edit, params.active_inversion
@@ -60,6 +64,9 @@ def run(params: Params, out: Path = OUT) -> dict:
     f_all = factors_from_rows([rows[i] for i in ids_all], size)
     train = LatentStore(paths.split("train"))
     x_fit = train.get(train.ids[:N_FIT], ["x_T"])["x_T"].float()
+    ceil_ids = train.ids[:N_CEILING]
+    x_ceil = train.get(ceil_ids, ["x_T"])["x_T"].float()
+    f_ceil = factors_from_rows([rows[i] for i in ceil_ids], size)
     metrics: dict = {"n_test": len(ids_all)}
 
     # -- the models themselves ---------------------------------------------------------------------
@@ -72,7 +79,8 @@ def run(params: Params, out: Path = OUT) -> dict:
     metrics["ddpm_samples"] = {"clean": float(rs.clean.mean()), "n": N_SAMPLES,
                                "steps": ed.n_gen_steps, "t_boost": first["t_boost"]}  # fmt: skip
     grid_image([samples[i : i + 16] for i in range(0, min(N_SAMPLES, 32), 16)]).save(folder / "ddpm_samples.png")
-    metrics["clip_zero_shot"] = _zero_shot(params, model.unet.device, test, f_all)
+    clip = load_train_clip(params, model.unet.device)
+    metrics["clip_zero_shot"] = _zero_shot(clip, test, f_all)
 
     # -- per attribute: oracle metrics, homogeneity, consistency, linearity --------------------------
     dirs, per_attr = {}, {}
@@ -96,6 +104,9 @@ def run(params: Params, out: Path = OUT) -> dict:
         lin, sweep = analysis.linearity(model, d, x[:16], {k: v[:16] for k, v in f.items()}, factor, value, cfg,
                                         SWEEP, seeds[:16])  # fmt: skip
         res["linearity"] = lin
+        res["clip_check"] = _clip_check(params, attr, clip, rows, [ids_all[i] for i in sel], f, factor, value, size)
+        res["ceiling"] = analysis.supervised_ceiling(model, dcfg, train_config(params, sched["t_edit"]), x_ceil,
+                                                     f_ceil, x, f, factor, value, cfg, seeds)  # fmt: skip
         grid_image([sweep[k, :8] for k in range(len(SWEEP))], [f"c={c:g}" for c in SWEEP]).save(
             folder / f"sweep_{attr}.png"
         )
@@ -141,20 +152,32 @@ def _originals(paths: Paths, ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _zero_shot(params: Params, device, test, f_all) -> dict:
+def _zero_shot(clip, test, f_all) -> dict:
     """The training CLIP's zero-shot accuracy per factor on the held-out test images."""
     from asyrp.toy.train_clip import zero_shot_prompts
 
-    from .common import load_train_clip
-
-    clip = load_train_clip(params, device)
-    x = test.get(test.ids, ["image"])["image"].float().div(127.5).sub(1).to(device)
+    x = test.get(test.ids, ["image"])["image"].float().div(127.5).sub(1).to(clip.device)
     e = clip.encode_image(x)
     out = {"n": len(x)}
     for k, prompts in zero_shot_prompts().items():
         pred = (e @ clip.encode_text(prompts).T).argmax(1).cpu().numpy()
         out[k] = float((pred == f_all[k]).mean())
     return out
+
+
+def _clip_check(params: Params, attr: str, clip, rows, ids, f, factor, value, size) -> dict:
+    """analysis.clip_check with the text directions train@ used (per-image source prompts where set)."""
+    from asyrp.losses import AsyrpLoss, LossConfig
+    from asyrp.toy.analysis import clip_check
+
+    from .train import per_image_prompts
+
+    spec = params.attribute(attr)
+    templates = params.active_train.templates == "imagenet"
+    loss = AsyrpLoss(clip, spec.source, spec.target, LossConfig(lambda_recon=0.0, templates=templates))
+    src = spec.source_per_image
+    prompts = per_image_prompts(src, rows, ids) if src else [spec.source] * len(ids)
+    return clip_check(clip, loss.text_directions(prompts), f, factor, value, size)
 
 
 def _plots(folder: Path, per_attr: dict) -> None:
@@ -199,6 +222,30 @@ def markdown(m: dict, attrs: list[str]) -> str:
         "",
     ]
     L += [f"![{a}](edit_{a}.png)" for a in attrs] + [""]
+    L += ["## What limits the edits: the supervised ceiling (beyond the paper)", "",
+          "The same f_t, optimiser and steps, trained without CLIP on the ground truth: L1 of P_t^edit to the P_t of",
+          "the truly edited image (the generator re-renders each training image with the edit; DDIM-inverted to the",
+          "same depth). What it reaches is what the DDPM, h-space, f_t and the interval allow; the gap to the",
+          "CLIP-trained f_t is the CLIP loss's. Same test images as the analyses below.", "",
+          "| attribute | n train | n | success | preserved | clean edit | CLIP-trained f_t clean edit (same images) |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a in attrs:
+        c, h = m["attributes"][a]["ceiling"], m["attributes"][a]["homogeneity"]["f_t (per image)"]
+        L.append(f"| {a} | {c['n_train']} | {c['n']} | {_pct(c['success'])} | {_pct(c['preserved'])} | "
+                 f"**{_pct(c['clean_edit'])}** | {_pct(h['clean_edit'])} |")  # fmt: skip
+    L += [
+        "",
+        "Does the CLIP loss prefer the clean edit? cos(dI, dT) (Eq. 4, the text directions train@ used) of the",
+        "ground-truth edit of each test image, and of the same edit with one other factor changed too; best: share",
+        "of images whose clean edit scores above every such variant.",
+        "",
+    ]
+    for a in attrs:
+        c = m["attributes"][a]["clip_check"]
+        L.append(f"- {a} (n = {c['n']}): " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()
+                                                        if k not in ("n", "clean_edit_best"))
+                 + f"; clean edit best on {_pct(c['clean_edit_best'])}")  # fmt: skip
+    L += [""]
     L += [
         "## Homogeneity and consistency across timesteps (Sec. 5.3, App. L)",
         "",

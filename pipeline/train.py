@@ -78,6 +78,25 @@ def per_image_prompts(template: str, rows: dict[str, dict], ids: list[str]) -> l
         ) from None
 
 
+def train_config(params: Params, t_edit: int) -> TrainConfig:
+    """Algorithm 2's settings from params (train block, inversion grid and depth) for this t_edit."""
+    tr, inv = params.active_train, params.active_inversion
+    return TrainConfig(
+        t_edit=t_edit,
+        n_train_steps=tr.n_train_steps,
+        spacing=inv.spacing,
+        t_0=inv.t_0,
+        epochs=tr.epochs,
+        optimizer=tr.optimizer,
+        lr=tr.lr,
+        momentum=tr.momentum,
+        lr_step_size=tr.lr_step_size,
+        lr_gamma=tr.lr_gamma,
+        step_per=tr.step_per,
+        seed=tr.seed,
+    )
+
+
 def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Path, source_per_image=None):
     """epoch -> TrainBatches, streamed from the latent shards (or seeded noise for from-noise attributes)."""
     inv, tr, device = params.active_inversion, params.active_train, model.unet.device
@@ -159,20 +178,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         inv.t_0,
         **info,
     )
-    cfg = TrainConfig(
-        t_edit=sched["t_edit"],
-        n_train_steps=tr.n_train_steps,
-        spacing=inv.spacing,
-        t_0=inv.t_0,
-        epochs=tr.epochs,
-        optimizer=tr.optimizer,
-        lr=tr.lr,
-        momentum=tr.momentum,
-        lr_step_size=tr.lr_step_size,
-        lr_gamma=tr.lr_gamma,
-        step_per=tr.step_per,
-        seed=tr.seed,
-    )
+    cfg = train_config(params, sched["t_edit"])
     data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out, spec.source_per_image)
     grid = timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing, inv.t_0)
     n_steps = -(-inv.n_train_images // tr.batch_size) * tr.epochs * len(edit_interval(grid, sched["t_edit"]))

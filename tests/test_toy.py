@@ -93,3 +93,56 @@ def test_tiny_end_to_end_edit():
     out = asyrp_generate(model, x_T, [EditDirection(direction, dcfg)], EditConfig(600, 200, n_gen_steps=10))
     m = evaluate.score(oracle.read(out), f, "colour", 0)
     assert set(m) >= {"success", "preserved", "clean_edit"} and len(m["success"]) == 2
+
+
+@pytest.mark.parametrize("factor,value", [("colour", 0), ("shape", 0), ("size", 1), ("background", 2)])
+def test_ground_truth_edits_change_one_factor(factor, value):
+    from asyrp.toy.analysis import edited_images
+
+    f = shape_factors(50, 32, seed=13)
+    r = oracle.read(edited_images(f, factor, value, 32))
+    assert (r.factors()[factor] == value).all()
+    for k in FACTORS:
+        if k != factor:
+            np.testing.assert_array_equal(r.factors()[k], f[k], err_msg=k)
+    change = {factor: value} if factor in ("shape", "size") else {}
+    assert oracle.mask_iou(r.mask, oracle.expected_mask(f, 32, **change)).min() == 1.0  # same place
+
+
+def test_supervised_ceiling_fits_the_ground_truth():
+    """f_t trained on the ground-truth edit's P_t lowers its L1 and is scored like any edit."""
+    from asyrp.api import invert, new_direction
+    from asyrp.edit import EditConfig
+    from asyrp.models import load_diffusion
+    from asyrp.toy.analysis import TargetL1, supervised_ceiling
+    from asyrp.train import TrainConfig
+
+    x = torch.zeros(2, 3, 4, 4)
+    assert TargetL1()(x, x)[0].item() == 0.0
+    model = load_diffusion("offline:toy")
+    f = shape_factors(8, 32, seed=21)
+    x0 = torch.from_numpy(render_shapes(f, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x_T = invert(model, x0, n_inv_steps=10, t_0=500)
+    _, dcfg = new_direction(model, "a shape", "a red shape", t_edit=300, t_boost=200, n_train_steps=10, t_0=500)
+    train = TrainConfig(t_edit=300, n_train_steps=10, t_0=500, epochs=3, lr=1.0)
+    cfg = EditConfig(300, 200, n_gen_steps=10, t_0=500)
+    res = supervised_ceiling(model, dcfg, train, x_T[:6], {k: v[:6] for k, v in f.items()}, x_T[6:],
+                             {k: v[6:] for k, v in f.items()}, "colour", 0, cfg, [0, 1])  # fmt: skip
+    assert res["n"] == 2 and res["n_train"] == 6 and 0.0 <= res["clean_edit"] <= 1.0
+    assert res["final_l1"] < res["first_l1"], res
+
+
+def test_clip_check_prefers_the_clean_edit_with_the_shipped_clip():
+    from asyrp.clip import load_clip
+    from asyrp.losses import AsyrpLoss, LossConfig
+    from asyrp.toy.analysis import clip_check
+
+    clip = load_clip("offline:toy-clip", None)
+    f = shape_factors(60, 32, seed=17)
+    f = {k: v[f["colour"] != 0] for k, v in f.items()}
+    loss = AsyrpLoss(clip, "a shape", "a red shape", LossConfig(lambda_recon=0.0, templates=False))
+    dirs = loss.text_directions([f"a {FACTORS['colour'][c]} shape" for c in f["colour"]])
+    res = clip_check(clip, dirs, f, "colour", 0, 32)
+    assert set(res) == {"clean edit", "edit + shape", "edit + size", "edit + background", "clean_edit_best", "n"}
+    assert res["clean edit"] > max(res[k] for k in ("edit + shape", "edit + size", "edit + background")), res
+    assert res["clean_edit_best"] >= 0.8, res

@@ -50,11 +50,14 @@ def test_toy_report_has_every_analysis(repo):
     assert m["clip_zero_shot"]["colour"] >= 0.9  # the shipped toy CLIP reads colour on held-out images
     for a in ATTRS:
         r = m["attributes"][a]
-        assert {"homogeneity", "consistency", "linearity"} <= set(r)
+        assert {"homogeneity", "consistency", "linearity", "ceiling"} <= set(r)
+        assert rate(r["ceiling"]["clean_edit"]) and r["ceiling"]["n_train"] > 0
+        assert rate(r["clip_check"]["clean_edit_best"]) and "clean edit" in r["clip_check"]
         assert len(r["linearity"]["coefficients"]) == len(r["linearity"]["mean_score"])
         assert min(r["linearity"]["coefficients"]) < 0  # the sweep extrapolates
     assert m["combination"]["attributes"] == list(ATTRS) and "robustness" in m
     md = (out / "report" / "report.md").read_text()
     assert "# Toy world report" in md and all(f"| {a} |" in md for a in ATTRS)
+    assert "supervised ceiling" in md
     for png in ("ddpm_samples.png", "linearity.png", "combination.png", "robustness.png", "edit_red.png"):
         assert (out / "report" / png).stat().st_size > 500, png

@@ -8,6 +8,11 @@ Each function edits held-out latents x_T and scores the results with `asyrp.toy.
     combination   two directions added (e.g. colour + size): both targets reached, the rest kept
     robustness    a random delta_h with the norm of the trained one, in h-space (Asyrp: P_t only) versus a
                   random eps shift with the norm of the trained edit's eps change: oracle damage
+    clip check    beyond the paper: does the CLIP loss prefer the clean edit? cos(dI, dT) of the ground-truth
+                  edit vs the same edit with one other factor changed as well
+    ceiling       beyond the paper: f_t trained on the ground truth (L1 of P_t^edit to the P_t of the truly
+                  edited image, re-rendered by the generator), no CLIP: what the rest of the editing process
+                  (DDPM, h-space, f_t, interval) allows, so the CLIP loss's share of a shortfall can be told apart
 
 All generation uses `asyrp.edit.asyrp_generate` (the editing process of the pipeline), except the
 eps-space perturbation, which needs eps itself shifted (`eps_space_generate`).
@@ -16,14 +21,20 @@ eps-space perturbation, which needs eps itself shifted (`eps_space_generate`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..api import invert
+from ..data import SIZES, render_shapes
 from ..ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
+from ..directions import DirectionConfig, build_direction
 from ..edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction, per_image_noise
 from ..models import DiffusionModel
+from ..seeding import seeded
+from ..train import TrainBatch, TrainConfig, source_trajectory, train_direction
 from . import evaluate, oracle
 
 Tensor = torch.Tensor
@@ -217,3 +228,91 @@ def robustness(model, direction: EditDirection, x_T: Tensor, f: dict, cfg: EditC
     res = {k: intact(v, f) for k, v in images.items()}
     res["norms"] = {"h": h_norms, "eps": e_norms}
     return res, images
+
+
+# ------------------------------------------------------------------------------------------ ceiling
+CEILING_L1_WEIGHT = 10.0  # the toy P_t's L1 to a target is ~0.05: x10 gives SGD steps of the CLIP loss's size
+
+
+def edited_images(f: dict, factor: str, value: int | np.ndarray, size: int) -> Tensor:
+    """The generator's ground truth of an edit: the images of `f` with `factor` set to `value`, (N, 3, S, S)."""
+    g = {k: np.asarray(v).copy() for k, v in f.items()}
+    g[factor] = np.broadcast_to(value, g[factor].shape).astype(g[factor].dtype)
+    g["radius"] = np.array(list(SIZES.values()))[g["size"]] * size
+    return torch.from_numpy(render_shapes(g, size)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+class TargetL1:
+    """The loss interface of `train_direction` (clip_source "p_t"): L1 of P_t^edit to the target's P_t, no CLIP."""
+
+    config = SimpleNamespace(clip_source="p_t")  # what train_direction reads of a loss's config
+
+    def source_embedding(self, images: Tensor) -> None:
+        return None
+
+    def __call__(self, pred_edit: Tensor, pred_target: Tensor, _emb=None, _text=None) -> tuple[Tensor, dict]:
+        l1 = (pred_edit - pred_target).abs().flatten(1).mean(1).mean()
+        v = l1.item()
+        return CEILING_L1_WEIGHT * l1, {"loss": CEILING_L1_WEIGHT * v, "clip": 0.0, "recon": v, "cos": 0.0}
+
+
+def supervised_ceiling(model, config: DirectionConfig, train: TrainConfig, x_T_train: Tensor, f_train: dict,
+                       x_T: Tensor, f: dict, factor: str, value: int, cfg: EditConfig, seeds,
+                       seed: int = 0) -> dict:  # fmt: skip
+    """Train a fresh f_t (the trained one's kind and config) to reproduce the ground-truth edit's P_t along
+    the edited trajectory of each training image, then score its edits of the test latents `x_T`.
+
+    Targets: the generator re-renders each training image with the edit applied; DDIM inversion of that to
+    the same depth; its plain DDIM source trajectory gives P_t^target for t >= t_edit. Same optimiser, steps
+    and epochs as `train`, so the only difference to the real f_t is the loss.
+    """
+    size = x_T.shape[-1]
+    target = edited_images(f_train, factor, value, size).to(model.unet.device)
+    x_T_target = invert(model, target, train.n_train_steps, train.spacing, batch_size=64, t_0=train.t_0)
+    grid = timestep_grid(train.n_train_steps, model.num_train_timesteps, train.spacing, train.t_0)
+    p_target, _ = source_trajectory(model, x_T_target, grid, train.t_edit)
+    bs = 8
+
+    def batches(epoch: int):
+        order = np.random.default_rng(seed + epoch).permutation(len(x_T_train))
+        for i in range(0, len(order), bs):
+            idx = order[i : i + bs]
+            yield TrainBatch(x_T_train[idx], source_pred={t: p[idx] for t, p in p_target.items()})
+
+    with seeded(seed):
+        direction = build_direction(config).to(model.unet.device)
+    history = train_direction(model, direction, TargetL1(), batches, train)
+    d = EditDirection(direction, config, 1.0)
+    res = scored(generate(model, x_T, [d], cfg, seeds), f, factor, value)
+    k = max(1, len(history) // 10)  # the fit: mean L1 over the first and the last tenth of the steps
+    res.update(
+        n_train=len(x_T_train),
+        first_l1=float(np.mean([h["recon"] for h in history[:k]])),
+        final_l1=float(np.mean([h["recon"] for h in history[-k:]])),
+    )
+    return res
+
+
+@torch.no_grad()
+def clip_check(clip, text_dirs: Tensor, f: dict, factor: str, value: int, size: int) -> dict:
+    """cos(dI, dT) (Eq. 4) of ground-truth edits of the images of `f`, against the per-image text directions
+    `text_dirs` (N, D): the clean edit, and the clean edit with one other factor also changed (next value).
+
+    `clean_edit_best`: share of images whose clean edit scores above every entangled variant, i.e. where the
+    CLIP loss's optimum among these is the clean edit.
+    """
+    from ..losses import directional_cos
+
+    dev = text_dirs.device
+    e0 = clip.encode_image(edited_images(f, factor, f[factor], size).to(dev))
+    edited = {factor: np.full_like(f[factor], value)}
+    variants = {"clean edit": edited_images(f, factor, value, size)}
+    for k in evaluate.FACTORS:
+        if k != factor:
+            g = {**f, factor: edited[factor]}
+            variants[f"edit + {k}"] = edited_images(g, k, (f[k] + 1) % len(evaluate.FACTORS[k]), size)
+    cos = {k: directional_cos(clip.encode_image(v.to(dev)), e0, text_dirs).cpu().numpy() for k, v in variants.items()}
+    others = np.stack([c for k, c in cos.items() if k != "clean edit"])
+    out = {k: float(c.mean()) for k, c in cos.items()}
+    out.update(clean_edit_best=float((cos["clean edit"] > others.max(0)).mean()), n=len(e0))
+    return out
