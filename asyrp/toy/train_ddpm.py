@@ -1,6 +1,8 @@
 """Train the toy DDPM on freshly generated shapes (every batch is new: the data never repeats).
 
     python -m asyrp.toy.train_ddpm --steps 6000 --out runs/toy_ddpm     # then --export to ship it
+    python -m asyrp.toy.train_ddpm --init asyrp/assets/toy/ddpm.safetensors --steps 3000 --out runs/more
+                                                                         # continue from shipped weights
 
 Epsilon-prediction MSE on DDPM's linear 1000-step schedule, AdamW with warmup and a linear decay over the
 last 30% of steps, an EMA of the weights. ``--export-weights`` picks what ships: the EMA, or the raw weights
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from ..data import render_shapes, shape_factors
 from ..models import DDPM_SCHEDULE, schedule_from_config
-from .models import DDPM_WEIGHTS, TOY_UNET_CONFIG, build_toy_unet, save_fp16
+from .models import DDPM_WEIGHTS, TOY_UNET_CONFIG, build_toy_unet, load_fp32, save_fp16
 
 TRAIN_SEED_BASE = 10_000
 
@@ -63,6 +65,8 @@ def train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     unet = build_toy_unet(args.seed).train()
+    if args.init:  # continue from exported weights (fresh optimiser, warmup, its own step count and seeds)
+        unet.load_state_dict(load_fp32(Path(args.init))[0])
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     step0 = 0
@@ -88,7 +92,7 @@ def train(args) -> None:
             lr *= max(0.05, (args.steps - step) / (args.steps * 0.3))
         for g in opt.param_groups:
             g["lr"] = lr
-        x0 = shapes_batch(args.batch, TRAIN_SEED_BASE + step)
+        x0 = shapes_batch(args.batch, TRAIN_SEED_BASE + args.seed_offset + step)
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
@@ -135,6 +139,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--init", default=None, help="start from these weights (.safetensors), e.g. the shipped ones")
+    p.add_argument(
+        "--seed-offset", type=int, default=0, help="data seeds 10_000 + offset + step (continuing: new images)"
+    )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--export", action="store_true", help=f"write the weights to {DDPM_WEIGHTS}")
     p.add_argument("--export-weights", choices=["ema", "model"], default="ema", help="EMA or raw weights")
