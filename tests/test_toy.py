@@ -146,3 +146,18 @@ def test_clip_check_prefers_the_clean_edit_with_the_shipped_clip():
     assert set(res) == {"clean edit", "edit + shape", "edit + size", "edit + background", "clean_edit_best", "n"}
     assert res["clean edit"] > max(res[k] for k in ("edit + shape", "edit + size", "edit + background")), res
     assert res["clean_edit_best"] >= 0.8, res
+
+
+def test_train_ddpm_continues_from_shipped_weights(tmp_path):
+    from asyrp.toy import train_ddpm
+    from asyrp.toy.models import load_fp32
+
+    args = ["--steps", "2", "--batch", "2", "--lr", "1e-9", "--warmup", "1", "--log-every", "1", "--save-every", "2"]
+    train_ddpm.main(args + ["--out", str(tmp_path / "more"), "--init", str(DDPM_WEIGHTS), "--seed-offset", "3500"])
+    shipped, _ = load_fp32(DDPM_WEIGHTS)
+    cont, meta = load_fp32(tmp_path / "more" / "ema.safetensors")
+    assert meta["args"]["init"] == str(DDPM_WEIGHTS) and meta["step"] == 2
+    assert max((cont[k] - shipped[k]).abs().max().item() for k in shipped) < 1e-3  # started from the shipped ones
+    train_ddpm.main(args + ["--out", str(tmp_path / "fresh")])
+    fresh, _ = load_fp32(tmp_path / "fresh" / "ema.safetensors")
+    assert max((fresh[k] - shipped[k]).abs().max().item() for k in shipped) > 0.1  # a fresh init is far away
