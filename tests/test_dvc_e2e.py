@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 ATTRS = ("red", "blue")
 
 
-def dvc(repo, *args, check=True):
-    res = subprocess.run(["dvc", *args], cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=900)
+def dvc(repo, *args, check=True, timeout=900):
+    res = subprocess.run(["dvc", *args], cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res.stdout + res.stderr
