@@ -152,7 +152,9 @@ class HUNet(nn.Module):
         on an accelerator) or one after the other (default on CPU, where a batch of 2B is no faster than two of
         B and tiling the skip activations costs ~5% of a step: docs/benchmarks.md)."""
         h_edit = state.h + delta_h.to(state.h.dtype)
-        if not (state.h.device.type != "cpu" if batched is None else batched):
+        if batched is None:
+            batched = state.h.device.type != "cpu"
+        if not batched:
             return self.up(state), self.up(state, h_edit)
         b = state.h.shape[0]
         eps = self.up(state.repeat(2), torch.cat([state.h, h_edit]))

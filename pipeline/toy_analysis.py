@@ -63,10 +63,10 @@ def run(params: Params, out: Path = OUT) -> dict:
     x_T_all, ids_all = cols["x_T"].float(), list(test.ids)
     f_all = factors_from_rows([rows[i] for i in ids_all], size)
     train = LatentStore(paths.split("train"))
-    x_fit = train.get(train.ids[:N_FIT], ["x_T"])["x_T"].float()
-    ceil_ids = train.ids[:N_CEILING]
+    ceil_ids = train.ids[: max(N_FIT, N_CEILING)]  # one read for both: the first N_FIT fit the mean direction
     x_ceil = train.get(ceil_ids, ["x_T"])["x_T"].float()
-    f_ceil = factors_from_rows([rows[i] for i in ceil_ids], size)
+    x_fit, x_ceil = x_ceil[:N_FIT], x_ceil[:N_CEILING]
+    f_ceil = factors_from_rows([rows[i] for i in ceil_ids[:N_CEILING]], size)
     metrics: dict = {"n_test": len(ids_all)}
 
     # -- the models themselves ---------------------------------------------------------------------
@@ -106,7 +106,8 @@ def run(params: Params, out: Path = OUT) -> dict:
         res["linearity"] = lin
         res["clip_check"] = _clip_check(params, attr, clip, rows, [ids_all[i] for i in sel], f, factor, value, size)
         res["ceiling"] = analysis.supervised_ceiling(model, dcfg, train_config(params, sched["t_edit"]), x_ceil,
-                                                     f_ceil, x, f, factor, value, cfg, seeds)  # fmt: skip
+                                                     f_ceil, x, f, factor, value, cfg, seeds,
+                                                     params.active_train.batch_size)  # fmt: skip
         grid_image([sweep[k, :8] for k in range(len(SWEEP))], [f"c={c:g}" for c in SWEEP]).save(
             folder / f"sweep_{attr}.png"
         )

@@ -100,7 +100,7 @@ def test_ground_truth_edits_change_one_factor(factor, value):
     from asyrp.toy.analysis import edited_images
 
     f = shape_factors(50, 32, seed=13)
-    r = oracle.read(edited_images(f, factor, value, 32))
+    r = oracle.read(edited_images(f, 32, **{factor: value}))
     assert (r.factors()[factor] == value).all()
     for k in FACTORS:
         if k != factor:

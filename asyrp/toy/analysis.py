@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..api import invert
-from ..data import SIZES, render_shapes
+from ..data import render_shapes
 from ..ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
 from ..directions import DirectionConfig, build_direction
 from ..edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction, per_image_noise
@@ -234,12 +234,11 @@ def robustness(model, direction: EditDirection, x_T: Tensor, f: dict, cfg: EditC
 CEILING_L1_WEIGHT = 10.0  # the toy P_t's L1 to a target is ~0.05: x10 gives SGD steps of the CLIP loss's size
 
 
-def edited_images(f: dict, factor: str, value: int | np.ndarray, size: int) -> Tensor:
-    """The generator's ground truth of an edit: the images of `f` with `factor` set to `value`, (N, 3, S, S)."""
-    g = {k: np.asarray(v).copy() for k, v in f.items()}
-    g[factor] = np.broadcast_to(value, g[factor].shape).astype(g[factor].dtype)
-    g["radius"] = np.array(list(SIZES.values()))[g["size"]] * size
-    return torch.from_numpy(render_shapes(g, size)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+def edited_images(f: dict, image_size: int, /, **change) -> Tensor:
+    """The generator's ground truth of an edit: the images of `f` with factors changed (e.g. colour=0), in
+    [-1, 1], (N, 3, S, S); no change renders `f` itself."""
+    g = oracle.replace_factors(f, image_size, **change)
+    return torch.from_numpy(render_shapes(g, image_size)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 class TargetL1:
@@ -258,25 +257,24 @@ class TargetL1:
 
 def supervised_ceiling(model, config: DirectionConfig, train: TrainConfig, x_T_train: Tensor, f_train: dict,
                        x_T: Tensor, f: dict, factor: str, value: int, cfg: EditConfig, seeds,
-                       seed: int = 0) -> dict:  # fmt: skip
+                       batch_size: int = 8, seed: int = 0) -> dict:  # fmt: skip
     """Train a fresh f_t (the trained one's kind and config) to reproduce the ground-truth edit's P_t along
     the edited trajectory of each training image, then score its edits of the test latents `x_T`.
 
     Targets: the generator re-renders each training image with the edit applied; DDIM inversion of that to
     the same depth; its plain DDIM source trajectory gives P_t^target for t >= t_edit. Same optimiser, steps
-    and epochs as `train`, so the only difference to the real f_t is the loss.
+    and epochs as `train` (and pass train@'s `batch_size`), so the only difference to the real f_t is the loss.
     """
     size = x_T.shape[-1]
-    target = edited_images(f_train, factor, value, size).to(model.unet.device)
+    target = edited_images(f_train, size, **{factor: value}).to(model.unet.device)
     x_T_target = invert(model, target, train.n_train_steps, train.spacing, batch_size=64, t_0=train.t_0)
     grid = timestep_grid(train.n_train_steps, model.num_train_timesteps, train.spacing, train.t_0)
     p_target, _ = source_trajectory(model, x_T_target, grid, train.t_edit)
-    bs = 8
 
     def batches(epoch: int):
         order = np.random.default_rng(seed + epoch).permutation(len(x_T_train))
-        for i in range(0, len(order), bs):
-            idx = order[i : i + bs]
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
             yield TrainBatch(x_T_train[idx], source_pred={t: p[idx] for t, p in p_target.items()})
 
     with seeded(seed):
@@ -304,13 +302,12 @@ def clip_check(clip, text_dirs: Tensor, f: dict, factor: str, value: int, size: 
     from ..losses import directional_cos
 
     dev = text_dirs.device
-    e0 = clip.encode_image(edited_images(f, factor, f[factor], size).to(dev))
-    edited = {factor: np.full_like(f[factor], value)}
-    variants = {"clean edit": edited_images(f, factor, value, size)}
+    e0 = clip.encode_image(edited_images(f, size).to(dev))
+    variants = {"clean edit": edited_images(f, size, **{factor: value})}
     for k in evaluate.FACTORS:
         if k != factor:
-            g = {**f, factor: edited[factor]}
-            variants[f"edit + {k}"] = edited_images(g, k, (f[k] + 1) % len(evaluate.FACTORS[k]), size)
+            also = (f[k] + 1) % len(evaluate.FACTORS[k])
+            variants[f"edit + {k}"] = edited_images(f, size, **{factor: value, k: also})
     cos = {k: directional_cos(clip.encode_image(v.to(dev)), e0, text_dirs).cpu().numpy() for k, v in variants.items()}
     others = np.stack([c for k, c in cos.items() if k != "clean edit"])
     out = {k: float(c.mean()) for k, c in cos.items()}

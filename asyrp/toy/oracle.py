@@ -168,12 +168,16 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def expected_mask(f: dict[str, np.ndarray], image_size: int, /, **change: int) -> np.ndarray:
-    """Foreground masks of the generator's images with some factors replaced (e.g. shape=0): (N, S, S)."""
+def replace_factors(f: dict[str, np.ndarray], image_size: int, /, **change) -> dict[str, np.ndarray]:
+    """A copy of the generator's factors with some replaced (a value, or one per image) and radii to match."""
     g = {k: np.asarray(v).copy() for k, v in f.items()}
     for k, v in change.items():
-        g[k] = np.full_like(g[k], v)
+        g[k] = np.broadcast_to(v, g[k].shape).astype(g[k].dtype)
     g["radius"] = np.array(list(SIZES.values()))[g["size"]] * image_size
-    g["colour"] = np.zeros_like(g["colour"])
-    g["background"] = np.zeros_like(g["background"])
+    return g
+
+
+def expected_mask(f: dict[str, np.ndarray], image_size: int, /, **change: int) -> np.ndarray:
+    """Foreground masks of the generator's images with some factors replaced (e.g. shape=0): (N, S, S)."""
+    g = replace_factors(f, image_size, **{**change, "colour": 0, "background": 0})  # the mask: red on black
     return render_shapes(g, image_size)[..., 0] > 0
