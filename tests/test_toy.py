@@ -109,6 +109,23 @@ def test_ground_truth_edits_change_one_factor(factor, value):
     assert oracle.mask_iou(r.mask, oracle.expected_mask(f, 32, **change)).min() == 1.0  # same place
 
 
+def test_grown_shapes_move_inside_the_image_as_the_generator_keeps_them():
+    f = shape_factors(400, 32, seed=3)
+    small = np.nonzero(f["size"] == 0)[0]
+    near = small[np.minimum(f["cx"][small], 32 - f["cx"][small]) < 10]  # a large shape here would be cut off
+    assert len(near) > 10
+    g = oracle.replace_factors(f, 32, size=1)
+    lo = np.ceil(g["radius"]).astype(int)
+    assert ((g["cx"] >= lo) & (g["cx"] <= 32 - lo) & (g["cy"] >= lo) & (g["cy"] <= 32 - lo)).all()
+    far = np.setdiff1d(small, near)
+    np.testing.assert_array_equal(g["cx"][far], f["cx"][far])  # shapes that fit stay where they were
+    centred = oracle.replace_factors(g, 32, cx=16, cy=16, colour=0, background=0)  # red on black: mask = R > 0
+    whole = render_shapes(centred, 32)[..., 0] > 0
+    mask = oracle.expected_mask(f, 32, size=1)
+    np.testing.assert_array_equal(mask.sum((1, 2))[near], whole.sum((1, 2))[near])  # nothing cut off
+    np.testing.assert_array_equal(oracle.replace_factors(f, 32)["cx"], f["cx"])  # no change: same image
+
+
 def test_supervised_ceiling_fits_the_ground_truth():
     """f_t trained on the ground-truth edit's P_t lowers its L1 and is scored like any edit."""
     from asyrp.api import invert, new_direction

@@ -5,7 +5,8 @@ For an edit whose target is one factor value (``colour = red``), on images that 
     success      the oracle reads the target value from the edited image
     preserved    every other factor unchanged, and IoU(edited mask, expected mask) > 0.7, where the
                  expected mask is the original shape re-rendered with the edited factor changed (the
-                 same place; for colour and background edits it is the original mask)
+                 same place, moved only as far as a grown shape needs to stay inside the image, as the
+                 generator keeps every shape; for colour and background edits it is the original mask)
     clean_edit   success and preserved and the edited image is one clean shape (`Readout.clean`)
 
 The no-edit baseline applies the same metrics to the reconstruction (the same process at coefficient 0).

@@ -169,11 +169,19 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def replace_factors(f: dict[str, np.ndarray], image_size: int, /, **change) -> dict[str, np.ndarray]:
-    """A copy of the generator's factors with some replaced (a value, or one per image) and radii to match."""
+    """A copy of the generator's factors with some replaced (a value, or one per image) and radii to match.
+
+    The centre moves the least that keeps the shape inside the image, the generator's own rule
+    (`asyrp.data.shape_factors`): a small shape near the border, made large in place, would be cut off,
+    an image the generator (and so the DDPM's training data) never contains.
+    """
     g = {k: np.asarray(v).copy() for k, v in f.items()}
     for k, v in change.items():
         g[k] = np.broadcast_to(v, g[k].shape).astype(g[k].dtype)
     g["radius"] = np.array(list(SIZES.values()))[g["size"]] * image_size
+    lo = np.ceil(g["radius"]).astype(np.int64)
+    for k in ("cx", "cy"):
+        g[k] = np.clip(g[k], lo, image_size - lo).astype(g[k].dtype)
     return g
 
 
