@@ -42,7 +42,7 @@ from .archive import (
 
 __all__ = [
     "DATASETS", "DatasetError", "DatasetSource", "fetch", "list_images", "make_shapes_dataset",
-    "prepare_dataset", "prepare_images", "shape_factors", "render_shapes",
+    "prepare_dataset", "prepare_images", "shape_extent", "shape_factors", "render_shapes",
     "SHAPES", "COLOURS", "SIZES", "BACKGROUNDS", "FACTORS",
 ]  # fmt: skip
 
@@ -312,12 +312,18 @@ SHAPE_COLUMNS = MANIFEST_COLUMNS + ["shape", "colour", "size", "background", "cx
 FACTORS = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
 
 
+def shape_extent(size: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(radius, lo) per SIZES index: the half-extent in pixels, and the margin that keeps the whole shape
+    inside the image: every centre coordinate lies in [lo, image_size - lo]."""
+    radius = np.array(list(SIZES.values()))[size] * image_size
+    return radius, np.ceil(radius).astype(np.int64)
+
+
 def shape_factors(n_images: int, image_size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """Factor indices into FACTORS, integer centres and radii (pixels); prefix-stable in n_images."""
     u = np.random.default_rng(seed).random((n_images, 6))  # row-major: image i only uses row i
     f = {k: (u[:, j] * len(v)).astype(np.int64) for j, (k, v) in enumerate(FACTORS.items())}
-    f["radius"] = np.array(list(SIZES.values()))[f["size"]] * image_size
-    lo = np.ceil(f["radius"]).astype(np.int64)  # keeps the whole shape inside [0, image_size]
+    f["radius"], lo = shape_extent(f["size"], image_size)
     span = image_size - 2 * lo + 1
     f["cx"], f["cy"] = lo + (u[:, 4] * span).astype(np.int64), lo + (u[:, 5] * span).astype(np.int64)
     return f

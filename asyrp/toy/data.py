@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import FACTORS, SIZES, make_shapes_dataset
+from ..data import FACTORS, make_shapes_dataset, shape_extent
 
 TOY_SEED_BASE = 1_000
 
@@ -29,5 +29,5 @@ def factors_from_rows(rows: list[dict], image_size: int = 32) -> dict[str, np.nd
     f = {k: np.array([FACTORS[k].index(r[k]) for r in rows], np.int64) for k in FACTORS}
     f["cx"] = np.array([int(r["cx"]) for r in rows], np.int64)
     f["cy"] = np.array([int(r["cy"]) for r in rows], np.int64)
-    f["radius"] = np.array(list(SIZES.values()))[f["size"]] * image_size
+    f["radius"] = shape_extent(f["size"], image_size)[0]
     return f

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import BACKGROUNDS, COLOURS, FACTORS, SHAPES, SIZES, render_shapes
+from ..data import BACKGROUNDS, COLOURS, FACTORS, SHAPES, SIZES, render_shapes, shape_extent
 
 PALETTE_NAMES = tuple(COLOURS) + tuple(BACKGROUNDS)  # shape colours first, then backgrounds
 PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), np.float32)  # (7, 3)
@@ -178,8 +178,7 @@ def replace_factors(f: dict[str, np.ndarray], image_size: int, /, **change) -> d
     g = {k: np.asarray(v).copy() for k, v in f.items()}
     for k, v in change.items():
         g[k] = np.broadcast_to(v, g[k].shape).astype(g[k].dtype)
-    g["radius"] = np.array(list(SIZES.values()))[g["size"]] * image_size
-    lo = np.ceil(g["radius"]).astype(np.int64)
+    g["radius"], lo = shape_extent(g["size"], image_size)
     for k in ("cx", "cy"):
         g[k] = np.clip(g[k], lo, image_size - lo).astype(g[k].dtype)
     return g
