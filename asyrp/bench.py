@@ -1,6 +1,6 @@
 """Benchmark every hot path against one plain U-Net forward on the same model, batch and device.
 
-    python -m asyrp.bench --model small|ddpm256 [--batch B] [--device cpu|cuda] [--repeats R] [--dtype bf16]
+    python -m asyrp.bench --model small|toy|ddpm256 [--batch B] [--device cpu|cuda] [--repeats R] [--dtype bf16]
 
 Prints one JSON object. Every ``*_ratio`` is the median, over repeats, of (time of the path) / (time of one
 plain U-Net forward run right before it), in this process after warm-up, so ratios compare like with like
@@ -41,7 +41,11 @@ from pathlib import Path
 
 import torch
 
-MODELS = {"small": ("offline:small", 32, "offline:tiny"), "ddpm256": ("offline:ddpm-256-random", 256, "ViT-B-16")}
+MODELS = {
+    "small": ("offline:small", 32, "offline:tiny"),
+    "toy": ("offline:toy", 32, "offline:toy-clip"),  # the shipped toy DDPM (2.5 M parameters)
+    "ddpm256": ("offline:ddpm-256-random", 256, "ViT-B-16"),
+}
 
 
 def timed(fn, device) -> float:
@@ -218,7 +222,7 @@ def bulk_stats(model_id: str, n: int, batch: int, device: str, repeats: int = 3)
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="small")
-    ap.add_argument("--batch", type=int, default=None, help="default: 8 (small), 1 (ddpm256)")
+    ap.add_argument("--batch", type=int, default=None, help="default: 8 (small), 32 (toy), 1 (ddpm256)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="U-Net autocast (CUDA only)")
@@ -229,7 +233,7 @@ def main(argv=None) -> None:
     from .models import load_diffusion
 
     model_id, size, clip_name = MODELS[args.model]
-    batch = args.batch or (8 if args.model == "small" else 1)
+    batch = args.batch or {"small": 8, "toy": 32}.get(args.model, 1)
     device = torch.device(args.device)
     autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_diffusion(model_id, device, autocast_dtype=autocast)

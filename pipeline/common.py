@@ -48,7 +48,8 @@ def load_model(params: Params) -> DiffusionModel:
     prof = params.active_profile
     device = resolve_device(prof.device)
     spec = prof.model
-    model = load_diffusion(spec.id, device, autocast_dtype=DTYPES[prof.dtype], preset=spec.preset, sha256=spec.sha256)
+    model = load_diffusion(spec.id, device, autocast_dtype=DTYPES[prof.dtype], preset=spec.preset, sha256=spec.sha256,
+                           channels_last=spec.channels_last)  # fmt: skip
     if model.image_size != prof.model.image_size:
         raise ValueError(
             f"profiles.{params.profile}.model.image_size is {prof.model.image_size}, but "

@@ -124,6 +124,7 @@ class ModelSpec(Strict):
     # the file's sha256, verified before loading (None = not checked).
     preset: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = None
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    channels_last: bool = False  # U-Net weights in NHWC (faster convolutions where measured so: docs/benchmarks.md)
 
 
 class DatasetSpec(Strict):
