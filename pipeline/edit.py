@@ -8,6 +8,8 @@ outputs/attributes/<a>/edit/strip.png              coefficient sweep (negative =
 
 Every test image up to evaluate.n_images is edited at coefficients {0, c}; the first edit.n_images also
 at every coefficient of edit.sweep. Quality-boosting noise is seeded per image (edit.seed + row index).
+Generation runs inversion.batch_size images at a time; the reconstruction takes the plain path (one U-Net
+pass per step, the same result as coefficient 0), and the sweep reuses the images already made at 0 and c.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asyrp.directions import check_compatible, load_direction
-from asyrp.edit import EditConfig, EditDirection, coefficient_sweep
+from asyrp.edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep
 from asyrp.images import grid_image, save_images
 from asyrp.latents import LatentStore, write_shard
 
@@ -48,10 +50,16 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     cols = store.get(ids, ["x_T", "image"])
     seeds = [ed.seed + i for i in range(n_eval)]
     main_coefs = [0.0, coef]
-    edits = _sweep(model, direction, dcfg, cols["x_T"], main_coefs, cfg, seeds, ed.n_images)
+    chunk = inv.batch_size
+    d = EditDirection(direction, dcfg, coef)
+    edits = torch.stack([_generate(model, [], cols["x_T"], cfg, seeds, chunk),
+                         _generate(model, [d], cols["x_T"], cfg, seeds, chunk)])  # fmt: skip
     n_show = min(ed.n_images, n_eval)
     sweep = sorted(set(ed.sweep) | {0.0, coef})
-    strip = _sweep(model, direction, dcfg, cols["x_T"][:n_show], sweep, cfg, seeds[:n_show], ed.n_images)
+    extra = [c for c in sweep if c not in main_coefs]  # the sweep's other coefficients, K x chunk/K per batch
+    more = _sweep(model, direction, dcfg, cols["x_T"][:n_show], extra, cfg, seeds[:n_show], max(1, chunk // len(sweep)))
+    strip = torch.stack([edits[main_coefs.index(c), :n_show] if c in main_coefs else more[extra.index(c)]
+                         for c in sweep])  # fmt: skip
     save_images(edits[1], [folder / "images" / f"{i}.png" for i in ids])
     save_images(edits[0], [folder / "recon" / f"{i}.png" for i in ids])
     original = cols["image"].float().div(127.5).sub(1)
@@ -91,13 +99,23 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "t_edit": cfg.t_edit,
         "t_boost": cfg.t_boost,
         "n_gen_steps": cfg.n_gen_steps,
+        "t_0": cfg.t_0,
     }
     write_json(folder / "summary.json", summary)
     return summary
 
 
+def _generate(model, directions, x_T, cfg, seeds, chunk) -> torch.Tensor:
+    """(N, 3, H, W) generations from x_T with `directions` ([] = the reconstruction), chunk images at a time."""
+    parts = [asyrp_generate(model, x_T[i : i + chunk], directions, cfg, seeds[i : i + chunk]).cpu()
+             for i in range(0, x_T.shape[0], chunk)]  # fmt: skip
+    return torch.cat(parts)
+
+
 def _sweep(model, direction, dcfg, x_T, coefs, cfg, seeds, chunk) -> torch.Tensor:
-    """(K, N, 3, H, W) edits, batched K x chunk images at a time."""
+    """(K, N, 3, H, W) edits, batched K x chunk images at a time (K = 0: an empty tensor)."""
+    if not coefs:
+        return x_T.new_zeros((0, *x_T.shape)).cpu()
     parts = [
         coefficient_sweep(model, x_T[i : i + chunk], EditDirection(direction, dcfg), coefs, cfg, seeds[i : i + chunk])
         for i in range(0, x_T.shape[0], chunk)
