@@ -100,9 +100,11 @@ def run(params: Params, out: Path = OUT) -> dict:
                      "t_boost": sched["t_boost"]}  # fmt: skip
         ev_path = paths.attribute(attr) / "toy_eval" / "metrics.json"
         res["toy_eval"] = read_json(ev_path) if ev_path.exists() else None
-        res["homogeneity"], res["consistency"] = analysis.homogeneity(model, d, x_fit, x, f, factor, value, cfg, seeds)
+        made = _made(paths, attr, [ids_all[i] for i in sel], d.coefficient, cfg)
+        res["homogeneity"], res["consistency"] = analysis.homogeneity(model, d, x_fit, x, f, factor, value, cfg, seeds,
+                                                                      per_image=made.get(d.coefficient))  # fmt: skip
         lin, sweep = analysis.linearity(model, d, x[:16], {k: v[:16] for k, v in f.items()}, factor, value, cfg,
-                                        SWEEP, seeds[:16])  # fmt: skip
+                                        SWEEP, seeds[:16], known={c: v[:16] for c, v in made.items()})  # fmt: skip
         res["linearity"] = lin
         res["clip_check"] = _clip_check(params, attr, clip, rows, [ids_all[i] for i in sel], f, factor, value, size)
         res["ceiling"] = analysis.supervised_ceiling(model, dcfg, train_config(params, sched["t_edit"]), x_ceil,
@@ -133,7 +135,8 @@ def run(params: Params, out: Path = OUT) -> dict:
     d, factor, value, cfg = dirs[attr0]
     sel = np.arange(min(N_ANALYSIS, len(ids_all)))
     x, f, seeds = x_T_all[sel], {k: v[sel] for k, v in f_all.items()}, [ed.seed + int(i) for i in sel]
-    rob, images = analysis.robustness(model, d, x, f, cfg, seeds)
+    no_edit = _made(paths, attr0, [ids_all[i] for i in sel], d.coefficient, cfg).get(0.0)
+    rob, images = analysis.robustness(model, d, x, f, cfg, seeds, no_edit=no_edit)
     metrics["robustness"] = {"attribute": attr0, **rob}
     grid_image([v[:8] for v in images.values()], list(images)).save(folder / "robustness.png")
     write_json(root / "metrics.json", metrics)
@@ -144,6 +147,24 @@ def run(params: Params, out: Path = OUT) -> dict:
     (folder / "report.md").write_text(markdown(metrics, attrs))
     return {"ddpm_clean": metrics["ddpm_samples"]["clean"],
             **{a: (r["toy_eval"] or {}).get("edit", {}).get("clean_edit") for a, r in per_attr.items()}}  # fmt: skip
+
+
+def _made(paths: Paths, attr: str, ids: list[str], coefficient: float, cfg) -> dict[float, torch.Tensor]:
+    """The edit stage's images of `ids`, {0: reconstructions, coefficient: edits}, where that stage ran with this
+    coefficient and config (same latents and per-image seeds, so the same images up to PNG rounding); else {}."""
+    from asyrp.images import load_images
+
+    folder = paths.attribute(attr) / "edit"
+    summary = folder / "summary.json"
+    want = {"coefficient": coefficient, "t_edit": cfg.t_edit, "t_boost": cfg.t_boost, "n_gen_steps": cfg.n_gen_steps,
+            "t_0": cfg.t_0}  # fmt: skip
+    if not summary.exists() or any(read_json(summary).get(k) != v for k, v in want.items()):
+        return {}
+    files = {0.0: [folder / "recon" / f"{i}.png" for i in ids],
+             coefficient: [folder / "images" / f"{i}.png" for i in ids]}  # fmt: skip
+    if not all(p.exists() for v in files.values() for p in v):
+        return {}
+    return {c: load_images(v) for c, v in files.items()}
 
 
 def _originals(paths: Paths, ids) -> torch.Tensor:
@@ -279,6 +300,7 @@ def markdown(m: dict, attrs: list[str]) -> str:
             + f" | {li['mean_monotone']} | {li['spearman_mean']:.2f} | {_pct(li['per_image_monotone'])} |"
         )
         L.append(f"| {a} success | | " + " | ".join(_pct(v) for v in li["success"]) + " | | | |")
+        L.append(f"| {a} clean edit | | " + " | ".join(_pct(v) for v in li["clean_edit"]) + " | | | |")
     L += [""] + [f"![sweep {a}](sweep_{a}.png)" for a in attrs] + ["", "![linearity](linearity.png)", ""]
     if "combination" in m:
         c = m["combination"]

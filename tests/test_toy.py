@@ -178,3 +178,52 @@ def test_train_ddpm_continues_from_shipped_weights(tmp_path):
     train_ddpm.main(args + ["--out", str(tmp_path / "fresh")])
     fresh, _ = load_fp32(tmp_path / "fresh" / "ema.safetensors")
     assert max((fresh[k] - shipped[k]).abs().max().item() for k in shipped) > 0.1  # a fresh init is far away
+
+
+def test_linearity_reuses_edits_already_made():
+    """Images passed as `known` (the edit stage's c = 0 and c) stand in for those coefficients: same result as
+    sweeping them here, in the coefficients' order."""
+    from asyrp.api import new_direction
+    from asyrp.edit import EditConfig, EditDirection, asyrp_generate
+    from asyrp.models import load_diffusion
+    from asyrp.toy.analysis import linearity
+
+    torch.manual_seed(0)
+    model = load_diffusion("offline:toy")
+    f = shape_factors(3, 32, seed=9)
+    x_T = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    direction, dcfg = new_direction(model, "a shape", "a red shape", t_edit=600, t_boost=200, n_train_steps=6)
+    d, cfg, seeds = EditDirection(direction, dcfg), EditConfig(600, 200, n_gen_steps=6), [4, 5, 6]
+    coefs = (-1.0, 0.0, 1.0, 2.0)
+    known = {c: asyrp_generate(model, x_T, [EditDirection(direction, dcfg, c)], cfg, seeds) for c in (0.0, 2.0)}
+    full, sweep_full = linearity(model, d, x_T, f, "colour", 0, cfg, coefs, seeds)
+    part, sweep_part = linearity(model, d, x_T, f, "colour", 0, cfg, coefs, seeds, known=known)
+    assert torch.allclose(sweep_full, sweep_part, atol=1e-4)
+    assert torch.equal(sweep_part[3], known[2.0]) and torch.equal(sweep_part[1], known[0.0])
+    assert full["mean_score"] == pytest.approx(part["mean_score"], abs=1e-3)
+    assert len(part["clean_edit"]) == len(coefs) and all(0.0 <= v <= 1.0 for v in part["clean_edit"])
+
+
+def test_toy_analysis_reuses_the_edit_stage_only_when_it_ran_the_same_edit(tmp_path):
+    import json
+
+    from asyrp.edit import EditConfig
+    from asyrp.images import save_images
+    from pipeline.common import Paths
+    from pipeline.toy_analysis import _made
+
+    paths, cfg = Paths(tmp_path), EditConfig(300, 224, n_gen_steps=20, t_0=500)
+    folder = paths.attribute("red") / "edit"
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    save_images(x, [folder / "images" / f"{i}.png" for i in "ab"])
+    save_images(-x, [folder / "recon" / f"{i}.png" for i in "ab"])
+    summary = {"coefficient": 1.0, "t_edit": 300, "t_boost": 224, "n_gen_steps": 20, "t_0": 500}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    made = _made(paths, "red", ["a", "b"], 1.0, cfg)
+    assert set(made) == {0.0, 1.0}
+    assert (made[1.0] - x).abs().max() <= 1 / 127.5 and (made[0.0] + x).abs().max() <= 1 / 127.5  # PNG rounding
+    assert _made(paths, "red", ["a", "c"], 1.0, cfg) == {}  # an image the stage did not make
+    assert _made(paths, "red", ["a"], 1.5, cfg) == {}  # another coefficient
+    assert _made(paths, "red", ["a"], 1.0, EditConfig(300, 224, n_gen_steps=40, t_0=500)) == {}  # another grid
+    (folder / "summary.json").write_text(json.dumps({**summary, "t_0": None}))
+    assert _made(paths, "red", ["a"], 1.0, cfg) == {}  # another inversion depth

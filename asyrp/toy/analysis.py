@@ -72,15 +72,17 @@ def intact(images: Tensor, f: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ homogeneity
 def homogeneity(model, direction: EditDirection, x_T_fit: Tensor, x_T: Tensor, f: dict, factor: str, value: int,
-                cfg: EditConfig, seeds) -> tuple[dict, dict]:  # fmt: skip
+                cfg: EditConfig, seeds, per_image: Tensor | None = None) -> tuple[dict, dict]:  # fmt: skip
     """f_t vs delta_h_t^mean vs global, each applied to x_T; and the cosine of delta_h_t^mean to global per t.
 
     The mean direction is read from `x_T_fit` (the paper uses 20 images, App. L), not from the test images.
+    `per_image`: f_t's edits of x_T already made (the edit stage's), else generated here.
     """
     table, glob = mean_direction(model, direction, x_T_fit, cfg)
     res = {}
     for name, d in (("f_t (per image)", direction), ("delta_h_t mean", table), ("global", glob)):
-        res[name] = scored(generate(model, x_T, [d], cfg, seeds), f, factor, value)
+        done = per_image if d is direction else None
+        res[name] = scored(generate(model, x_T, [d], cfg, seeds) if done is None else done, f, factor, value)
     values = table.module.table.detach()  # (K, C, h, w)
     g = glob.module.delta_h.detach().flatten()
     cos = torch.nn.functional.cosine_similarity(values.flatten(1), g[None], dim=1)
@@ -91,16 +93,23 @@ def homogeneity(model, direction: EditDirection, x_T_fit: Tensor, x_T: Tensor, f
 
 # ------------------------------------------------------------------------------------------ linearity
 def linearity(model, direction: EditDirection, x_T: Tensor, f: dict, factor: str, value: int, cfg: EditConfig,
-              coefficients: Sequence[float], seeds) -> dict:  # fmt: skip
-    """Per coefficient: mean continuous oracle score, success rate; monotonicity of the mean and per image."""
-    sweep = coefficient_sweep(model, x_T, EditDirection(direction.module, direction.config), coefficients, cfg,
-                              seeds).cpu()  # fmt: skip
-    scores, success, clean = [], [], []
+              coefficients: Sequence[float], seeds, known: dict[float, Tensor] | None = None) -> dict:  # fmt: skip
+    """Per coefficient: mean continuous oracle score, success rate; monotonicity of the mean and per image.
+
+    `known`: {c: edits of x_T at c} already made (the edit stage's c = 0 and its coefficient); the rest is swept.
+    """
+    known = known or {}
+    todo = [c for c in coefficients if c not in known]
+    swept = coefficient_sweep(model, x_T, EditDirection(direction.module, direction.config), todo, cfg,
+                              seeds).cpu() if todo else None  # fmt: skip
+    sweep = torch.stack([known[c] if c in known else swept[todo.index(c)] for c in coefficients])
+    scores, success, clean, clean_edit = [], [], [], []
     for k in range(len(coefficients)):
         r = oracle.read(sweep[k])
         scores.append(evaluate.attribute_score(r, f, factor, value, x_T.shape[-1]))
         success.append(float((r.factors()[factor] == value).mean()))
         clean.append(float(r.clean.mean()))
+        clean_edit.append(float(evaluate.score(r, f, factor, value, x_T.shape[-1])["clean_edit"].mean()))
     s = np.stack(scores)  # (K, N)
     order = np.argsort(coefficients)
     mean = s.mean(1)[order]
@@ -108,6 +117,7 @@ def linearity(model, direction: EditDirection, x_T: Tensor, f: dict, factor: str
     return {
         "coefficients": [float(coefficients[i]) for i in order], "mean_score": mean.tolist(),
         "success": [success[i] for i in order], "clean": [clean[i] for i in order],
+        "clean_edit": [clean_edit[i] for i in order],
         "mean_monotone": bool(np.all(np.diff(mean) >= 0)), "spearman_mean": _spearman(np.sort(coefficients), mean),
         "per_image_monotone": float(per_image_monotone.mean()), "n": int(s.shape[1]),
     }, sweep  # fmt: skip
@@ -208,8 +218,11 @@ def eps_space_generate(model: DiffusionModel, x_T: Tensor, norms: dict[int, floa
 
 
 def robustness(model, direction: EditDirection, x_T: Tensor, f: dict, cfg: EditConfig, seeds,
-               seed: int = 0) -> tuple[dict, dict[str, Tensor]]:  # fmt: skip
-    """Oracle damage of random perturbations with the trained edit's per-t norms: h-space vs eps-space."""
+               seed: int = 0, no_edit: Tensor | None = None) -> tuple[dict, dict[str, Tensor]]:  # fmt: skip
+    """Oracle damage of random perturbations with the trained edit's per-t norms: h-space vs eps-space.
+
+    `no_edit`: the reconstructions of x_T already made (the edit stage's), else generated here.
+    """
     rec = _Recorder(direction.module)
     trained = generate(model, x_T, [EditDirection(rec, direction.config, direction.coefficient)], cfg, seeds,
                        chunk=len(x_T))  # fmt: skip
@@ -217,7 +230,7 @@ def robustness(model, direction: EditDirection, x_T: Tensor, f: dict, cfg: EditC
     h_norms = {t: v / scale for t, v in rec.norms.items()}  # RandomH output is rescaled like f_t's
     e_norms = eps_norms(model, direction, x_T, cfg)
     images = {
-        "no edit": generate(model, x_T, [], cfg, seeds),
+        "no edit": generate(model, x_T, [], cfg, seeds) if no_edit is None else no_edit,
         "trained delta_h": trained,
         "random delta_h (h-space)": generate(
             model, x_T, [EditDirection(RandomH(h_norms, seed), direction.config)], cfg, seeds
