@@ -94,6 +94,9 @@ class AttributeSpec(Strict):
     # Beyond the paper: a per-image source prompt for training, filled from each image's manifest columns,
     # e.g. "a {colour} shape" (Delta T then points from what the image is to the target). None: `source`.
     source_per_image: Text | None = None
+    # The edit strength c of this attribute (Eq. 9's delta_h scale) in edit@ and the analyses; None: the
+    # value of edit.coefficients. A row's own value wins over edit.coefficients.
+    coefficient: float | None = None
     paper: PaperRow | None = None
 
     @model_validator(mode="after")
@@ -461,9 +464,14 @@ class Params(Strict):
 
     @property
     def active_coefficients(self) -> dict[str, float]:
-        """Edit coefficient c_i per active attribute (one value in params = the same for all)."""
+        """Edit coefficient c_i per active attribute: the attribute row's ``coefficient`` where set, else
+        edit.coefficients (one value = the same for all, or one per attribute in the order of ``attributes``)."""
         coefs = self.active_edit.coefficients
-        return {a: coefs[0] if len(coefs) == 1 else coefs[i] for i, a in enumerate(self.attributes)}
+        out = {}
+        for i, a in enumerate(self.attributes):
+            own = self.attribute(a).coefficient
+            out[a] = own if own is not None else (coefs[0] if len(coefs) == 1 else coefs[i])
+        return out
 
     def blocks(self, profile: str | None = None) -> Blocks:
         """Effective stage blocks of a profile (default: the active one)."""

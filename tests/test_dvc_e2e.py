@@ -83,8 +83,9 @@ def test_prompt_change_reruns_only_that_attribute(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = dvc(repo, "status")
     changed = set(re.findall(r"^(\S+):$", status, flags=re.M)) - {"data.dvc"}  # data/ is not in a fresh clone
-    # download is always_changed by design; evaluate@red and toy_eval@red read the prompts
-    assert changed == {"download", "train@red", "evaluate@red", "toy_eval@red"}, status
+    # download is always_changed by design; evaluate@red and toy_eval@red read the prompts, edit@red the row's
+    # coefficient
+    assert changed == {"download", "train@red", "edit@red", "evaluate@red", "toy_eval@red"}, status
     log = dvc(repo, "repro")
     ran = set(re.findall(r"Running stage '([^']+)'", log))
     assert ran == {"download", "train@red", "edit@red", "evaluate@red", "toy_eval@red", "toy_analysis", "report"}, log
