@@ -114,6 +114,27 @@ def asyrp_generate(
     return x
 
 
+def generate_in_chunks(
+    model: DiffusionModel,
+    x_T: Tensor,
+    directions: list[EditDirection],
+    config: EditConfig,
+    seeds: Sequence[int],
+    chunk: int = 64,
+) -> Tensor:
+    """asyrp_generate over `chunk` images at a time (bounded memory), on the CPU at the end; a per-image
+    coefficient tensor (N,) is sliced with its images."""
+    seeds, out = list(seeds), []
+    for i in range(0, len(x_T), chunk):
+        ds = [EditDirection(d.module, d.config, _rows(d.coefficient, i, chunk)) for d in directions]
+        out.append(asyrp_generate(model, x_T[i : i + chunk], ds, config, seeds[i : i + chunk]).cpu())
+    return torch.cat(out)
+
+
+def _rows(c, i: int, n: int):
+    return c[i : i + n] if isinstance(c, Tensor) and c.ndim == 1 else c
+
+
 def coefficient_sweep(
     model: DiffusionModel,
     x_T: Tensor,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asyrp.directions import check_compatible, load_direction
-from asyrp.edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep
+from asyrp.edit import EditConfig, EditDirection, coefficient_sweep, generate_in_chunks
 from asyrp.images import grid_image, save_images
 from asyrp.latents import LatentStore, write_shard
 
@@ -52,11 +52,11 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     main_coefs = [0.0, coef]
     chunk = inv.batch_size
     d = EditDirection(direction, dcfg, coef)
-    edits = torch.stack([_generate(model, [], cols["x_T"], cfg, seeds, chunk),
-                         _generate(model, [d], cols["x_T"], cfg, seeds, chunk)])  # fmt: skip
+    edits = torch.stack([generate_in_chunks(model, cols["x_T"], [], cfg, seeds, chunk),
+                         generate_in_chunks(model, cols["x_T"], [d], cfg, seeds, chunk)])  # fmt: skip
     n_show = min(ed.n_images, n_eval)
     sweep = sorted(set(ed.sweep) | {0.0, coef})
-    extra = [c for c in sweep if c not in main_coefs]  # the sweep's other coefficients, K x chunk/K per batch
+    extra = [c for c in sweep if c not in main_coefs]  # the sweep's other coefficients; <= chunk inputs a batch
     more = _sweep(model, direction, dcfg, cols["x_T"][:n_show], extra, cfg, seeds[:n_show], max(1, chunk // len(sweep)))
     strip = torch.stack([edits[main_coefs.index(c), :n_show] if c in main_coefs else more[extra.index(c)]
                          for c in sweep])  # fmt: skip
@@ -103,13 +103,6 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     }
     write_json(folder / "summary.json", summary)
     return summary
-
-
-def _generate(model, directions, x_T, cfg, seeds, chunk) -> torch.Tensor:
-    """(N, 3, H, W) generations from x_T with `directions` ([] = the reconstruction), chunk images at a time."""
-    parts = [asyrp_generate(model, x_T[i : i + chunk], directions, cfg, seeds[i : i + chunk]).cpu()
-             for i in range(0, x_T.shape[0], chunk)]  # fmt: skip
-    return torch.cat(parts)
 
 
 def _sweep(model, direction, dcfg, x_T, coefs, cfg, seeds, chunk) -> torch.Tensor:

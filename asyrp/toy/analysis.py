@@ -31,27 +31,14 @@ from ..api import invert
 from ..data import render_shapes
 from ..ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
 from ..directions import DirectionConfig, build_direction
-from ..edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction, per_image_noise
+from ..edit import EditConfig, EditDirection, coefficient_sweep, mean_direction, per_image_noise
+from ..edit import generate_in_chunks as generate
 from ..models import DiffusionModel
 from ..seeding import seeded
 from ..train import TrainBatch, TrainConfig, source_trajectory, train_direction
 from . import evaluate, oracle
 
 Tensor = torch.Tensor
-
-
-def generate(model, x_T: Tensor, directions: list[EditDirection], cfg: EditConfig, seeds, chunk: int = 64) -> Tensor:
-    """asyrp_generate in chunks of images (bounded memory), on CPU at the end."""
-    seeds = list(seeds)
-    out = []
-    for i in range(0, len(x_T), chunk):
-        ds = [EditDirection(d.module, d.config, _slice(d.coefficient, i, chunk)) for d in directions]
-        out.append(asyrp_generate(model, x_T[i : i + chunk], ds, cfg, seeds[i : i + chunk]).cpu())
-    return torch.cat(out)
-
-
-def _slice(c, i, n):
-    return c[i : i + n] if isinstance(c, Tensor) and c.ndim == 1 else c
 
 
 def scored(images: Tensor, f: dict, factor: str, value: int) -> dict:
