@@ -7,7 +7,6 @@ the Prefect flows directly) and ``main()`` for ``python -m pipeline.<stage>``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -21,27 +20,11 @@ from asyrp.clip import ClipModel, load_clip
 from asyrp.models import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
 from asyrp.perceptual import Perceptual, load_lpips
 
+from .io import OUT, Paths, _jsonable, read_csv, read_json, write_csv, write_json
 from .params import Params, ParamsError, load_params
 
-OUT = Path("outputs")
+__all__ = ["OUT", "Paths", "read_csv", "read_json", "write_csv", "write_json"]  # re-exported from .io
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class Paths:
-    """Where each stage writes, under one root (``outputs/`` for DVC)."""
-
-    def __init__(self, root: Path | str = OUT):
-        self.root = Path(root)
-        self.data = self.root / "data"
-        self.latents = self.root / "latents"
-        self.schedule = self.root / "schedule"
-        self.report = self.root / "report"
-
-    def split(self, name: str) -> Path:
-        return self.latents / name
-
-    def attribute(self, name: str) -> Path:
-        return self.root / "attributes" / name
 
 
 def load_model(params: Params) -> DiffusionModel:
@@ -71,40 +54,6 @@ def load_eval_clip(params: Params, device) -> ClipModel:
 def load_metric_lpips(params: Params, device) -> Perceptual:
     spec = params.active_profile.lpips
     return load_lpips(spec.net, spec.allow_random_backbone, device)
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic JSON write (temp file + rename): a killed stage never leaves a torn metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    tmp.replace(path)
-
-
-def _jsonable(x):
-    if hasattr(x, "item"):
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
-def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0]) if rows else []
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def line_plot(
@@ -166,15 +115,26 @@ def _stage_name(run: Callable) -> str:
     return (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
 
 
-def track(params: Params, stage: str, attribute: str | None, out: Path) -> None:
-    """Log the stage's outputs to MLflow; a tracking failure warns but never fails the finished stage."""
+def track(params: Params, stage: str, attribute: str | None, out: Path, params_text: str | None = None) -> None:
+    """Log the stage's outputs to MLflow; a tracking failure warns but never fails the finished stage.
+
+    With ``params_text`` (the params file as the stage read it) and ASYRP_MLFLOW_ASYNC on, the logging is
+    queued to a background drainer (pipeline.tracking); `report` drains the queue before it ends."""
     from . import tracking
 
     if not tracking.enabled():
         return
+    where = f"{stage}@{attribute}" if attribute else stage
     try:
+        if params_text is not None and tracking.async_enabled():
+            tracking.enqueue(params_text, stage, attribute, out, params)
+            if stage == "report":  # the last stage of a run: everything is in MLflow when it ends
+                tracking.drain(out)
+            else:
+                tracking.spawn_drain(out)
+                print(f"mlflow: queued {where} ({tracking.tracking_uri()}; logged in the background)")
+            return
         run_id = tracking.log_stage(params, stage, attribute, out)
-        where = f"{stage}@{attribute}" if attribute else stage
         print(f"mlflow: logged {where} to run {run_id} ({tracking.tracking_uri()})")
     except Exception as err:  # noqa: BLE001 - the stage's outputs are safe on disk; say what failed
         print(f"warning: MLflow logging of {stage} failed ({type(err).__name__}: {err})", file=sys.stderr)
@@ -211,11 +171,12 @@ def stage_main(run: Callable[..., dict], description: str, attribute: bool = Fal
         loaded = {}
 
         def call() -> dict:
+            loaded["text"] = Path(args.params).read_text()  # what a queued MLflow job logs (see track)
             loaded["params"] = params = load_params(args.params)
             check_dvc_layout(params)
             return run(params, *extra, out=Path(args.out))
 
         run_cli(call)
-        track(loaded["params"], _stage_name(run), extra[0] if extra else None, Path(args.out))
+        track(loaded["params"], _stage_name(run), extra[0] if extra else None, Path(args.out), loaded["text"])
 
     return main

@@ -15,17 +15,29 @@ Layout in the tracking store (default ``sqlite:///<project>/mlflow.db``; ``MLFLO
                      until a user moves it)
 
 ``load_registered_direction("models:/asyrp-<profile>-<attribute>@<alias>")`` gets it back.
+
+Queued logging (stage CLIs, i.e. `dvc repro`; ``ASYRP_MLFLOW_ASYNC=0`` logs in the stage process instead):
+importing MLflow and opening its store cost ~5 s, more than many stages' own work. So a finished stage copies
+the few files it logs into ``<out>/.tracking/queue/<job>/`` and starts a detached ``python -m pipeline.tracking
+drain``, which logs the queue in order under a file lock while the next stage starts. ``report`` drains the
+queue before it finishes, so when `dvc repro` ends MLflow holds every stage; ``python -m pipeline.tracking
+drain`` waits for and reports anything left. A job that fails 3 times moves to ``.tracking/failed/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from .common import OUT, Paths, read_csv, read_json
+from .io import OUT, Paths, read_csv, read_json
 from .params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +77,8 @@ def data_version(out: Path) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else "none"
 
 
-def reproduction_key(params: Params) -> str:
-    blob = params.model_dump_json().encode() + git_commit().encode()
+def reproduction_key(params: Params, commit: str | None = None) -> str:
+    blob = params.model_dump_json().encode() + (commit or git_commit()).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -129,6 +141,7 @@ def log_stage(
     out: Path = OUT,
     key: str | None = None,
     register: bool = True,
+    commit: str | None = None,
 ) -> str | None:
     """Log what ``stage`` wrote under ``out`` to its run; returns the run id (None when tracking is off)."""
     if not enabled():
@@ -140,7 +153,7 @@ def log_stage(
     tags = {
         TAG + "profile": params.profile,
         TAG + "stage." + stage: "done",
-        "git_commit": git_commit(),
+        "git_commit": commit or git_commit(),
         TAG + "data_version": data_version(out),
         TAG + "model_id": prof.model.id,
     }
@@ -171,8 +184,13 @@ def _log_outputs(c, run, params: Params, stage: str, attribute, paths: Paths, re
         for f in ("grid.png", "strip.png"):
             c.log_artifact(run, str(paths.attribute(attribute) / "edit" / f), "edit")
     elif stage in ("evaluate", "toy_eval"):
-        folder = paths.attribute(attribute) / ("evaluate" if stage == "evaluate" else "toy_eval")
-        c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), ""))
+        folders = ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]  # evaluate@ runs the oracle
+        for name in folders:
+            folder = paths.attribute(attribute) / name
+            if (folder / "metrics.json").exists():
+                c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), ""))
+            if (folder / "grid.png").exists():
+                c.log_artifact(run, str(folder / "grid.png"), name)
 
 
 def _metrics(values: dict, prefix: str, step: int = 0):
@@ -251,6 +269,116 @@ def register_direction(c, run: str, name: str, source: str, target: str) -> int:
     return int(mv.version)
 
 
+# ------------------------------------------------------------------------------------------ the queue
+MAX_ATTEMPTS = 3
+
+
+def async_enabled() -> bool:
+    return os.environ.get("ASYRP_MLFLOW_ASYNC", "1").lower() not in ("0", "false", "no", "off")
+
+
+def stage_files(stage: str, attribute: str | None, paths: Paths) -> list[Path]:
+    """Every file `log_stage` reads for ``stage`` (what a queued job copies; missing ones are skipped)."""
+    files = [paths.data / "manifest.csv"]  # data_version
+    if stage == "invert":
+        files.append(paths.root / "invert" / "metrics.json")
+    elif stage == "schedule":
+        files += [paths.schedule / "metrics.json", paths.schedule / "curves.png"]
+    elif stage == "train":
+        folder = paths.attribute(attribute) / "train"
+        names = ("schedule.json", "direction.json", "direction.safetensors", "loss.csv", "metrics.json", "loss.png")
+        files += [folder / f for f in names]
+    elif stage == "edit":
+        files += [paths.attribute(attribute) / "edit" / f for f in ("grid.png", "strip.png")]
+    elif stage in ("evaluate", "toy_eval"):
+        names = ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]
+        files += [paths.attribute(attribute) / n / f for n in names for f in ("metrics.json", "grid.png")]
+    return files
+
+
+def queue_dir(out: Path) -> Path:
+    return Path(out) / ".tracking" / "queue"
+
+
+def enqueue(params_text: str, stage: str, attribute: str | None, out: Path, params: Params) -> Path:
+    """Queue the logging of a finished stage: a copy of what it logs, the params text, key and commit."""
+    q = queue_dir(out)
+    q.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}-{stage}" + (f"-{attribute}" if attribute else "")
+    tmp = q / f".{name}"
+    for f in stage_files(stage, attribute, Paths(out)):
+        if f.is_file():
+            dst = tmp / "out" / f.relative_to(out)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst)
+    commit = git_commit()
+    job = {"stage": stage, "attribute": attribute, "params": params_text, "commit": commit, "attempts": 0,
+           "key": reproduction_key(params, commit)}  # fmt: skip
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "job.json").write_text(json.dumps(job))
+    tmp.rename(q / name)  # a job appears whole or not at all
+    return q / name
+
+
+def spawn_drain(out: Path) -> None:
+    """Start a detached drainer (its output goes to <out>/.tracking/drain.log)."""
+    log = open(Path(out) / ".tracking" / "drain.log", "a")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(
+        [sys.executable, "-m", "pipeline.tracking", "drain", "--out", str(out)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+
+
+def drain(out: Path = OUT, quiet: bool = False) -> list[str]:
+    """Log every queued job in order (waits for a running drainer first); returns the jobs that failed."""
+    import fcntl
+
+    from .params import params_from_dict, parse_yaml
+
+    q = queue_dir(out)
+    if not q.is_dir():
+        return []
+    failed = []
+    with open(q / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for job_dir in sorted(p for p in q.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            job = json.loads((job_dir / "job.json").read_text())  # written whole: see enqueue
+            where = job["stage"] + (f"@{job['attribute']}" if job["attribute"] else "")
+            try:
+                params = params_from_dict(parse_yaml(job["params"], job_dir.name), job_dir.name)
+                run = log_stage(
+                    params, job["stage"], job["attribute"], job_dir / "out", job["key"], commit=job["commit"]
+                )
+                shutil.rmtree(job_dir)
+                if not quiet:
+                    print(f"mlflow: logged {where} to run {run} ({tracking_uri()})", flush=True)
+            except Exception as err:  # noqa: BLE001 - kept on disk and retried; say what failed
+                job["attempts"] += 1
+                job["error"] = f"{type(err).__name__}: {err}"
+                (job_dir / "job.json").write_text(json.dumps(job))
+                if job["attempts"] >= MAX_ATTEMPTS:
+                    dest = q.parent / "failed" / job_dir.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    job_dir.rename(dest)
+                failed.append(f"{where}: {job['error']} (attempt {job['attempts']} of {MAX_ATTEMPTS})")
+                print(f"warning: MLflow logging of {failed[-1]}", file=sys.stderr, flush=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="MLflow tracking of the pipeline's stages")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("drain", help="log every queued stage (waits for a running drainer), then exit")
+    d.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    failed = drain(Path(args.out))
+    gone = sorted((Path(args.out) / ".tracking" / "failed").glob("*"))
+    if gone:
+        print(f"{len(gone)} job(s) gave up after {MAX_ATTEMPTS} attempts, kept in {gone[0].parent}", file=sys.stderr)
+    sys.exit(1 if failed or gone else 0)
+
+
 def load_registered_direction(uri: str, device="cpu"):
     """``models:/asyrp-<profile>-<attribute>@<alias>`` (or ``/<version>``) -> (direction, DirectionConfig)."""
     import mlflow
@@ -265,3 +393,7 @@ def load_registered_direction(uri: str, device="cpu"):
     with tempfile.TemporaryDirectory() as tmp:
         local = c.download_artifacts(mv.run_id, "direction", tmp)
         return load_direction(Path(local) / "direction", device)
+
+
+if __name__ == "__main__":
+    main()

@@ -97,7 +97,7 @@ def test_prefect_deployment_run_new_attribute(tmp_path):
 
 
 def test_mlflow_server_rest_api(tmp_path):
-    """Stage outputs logged through an `mlflow server`, read back with its REST API."""
+    """Stage outputs logged (queued, then drained) through an `mlflow server`, read back with its REST API."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = tool_env({"MLFLOW_TRACKING_URI": url})
@@ -144,7 +144,12 @@ def test_mlflow_server_rest_api(tmp_path):
                 str(out),
             ]
             res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-            assert res.returncode == 0 and "mlflow: logged" in res.stdout, res.stdout + res.stderr
+            assert res.returncode == 0 and "mlflow: queued" in res.stdout, res.stdout + res.stderr
+        # the stages queued their logging (a background drainer works on it); draining waits for the rest
+        drain = [sys.executable, "-m", "pipeline.tracking", "drain", "--out", str(out)]
+        res = subprocess.run(drain, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not [p for p in (out / ".tracking" / "queue").iterdir() if not p.name.startswith(".")]
         exp = api(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=asyrp-offline")["experiment"]
         runs = api(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
         by_name = {r["info"]["run_name"]: r for r in runs}
