@@ -1,4 +1,4 @@
-"""Stage `toy_eval@<attribute>`: the oracle's verdict on the edits of held-out images (toy profiles only).
+"""The oracle's verdict on the edits of held-out images (toy profiles only), run by stage `evaluate@<attribute>`.
 
 outputs/attributes/<a>/toy_eval/metrics.json   success, preservation, clean-edit rate of the edit and of
                                                the no-edit baseline (the reconstruction), with n
@@ -7,7 +7,7 @@ outputs/attributes/<a>/toy_eval/grid.png       original | no-edit baseline | edi
 
 Scored on the test split's images that do not already have the target value (asyrp.toy.evaluate). On a
 profile whose dataset is not `toy`, it writes {"skipped": "not a toy profile"} and exits at once, so the
-DVC pipeline of every other profile still runs.
+DVC pipeline of every other profile still runs. `python -m pipeline.toy_eval <attribute>` reruns it alone.
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     from asyrp.toy.data import factors_from_rows
 
     spec = params.attribute(attr)
-    factor, value = evaluate.edit_target(spec.source, spec.target)
+    try:
+        factor, value = evaluate.edit_target(spec.source, spec.target)
+    except ValueError as err:  # e.g. a new attribute whose prompts name no factor: S_dir/LPIPS still stand
+        note = {"skipped": str(err)}
+        write_json(folder / "metrics.json", note)
+        write_csv(folder / "per_image.csv", [])
+        return note
     edit_dir = paths.attribute(attr) / "edit"
     ids = sorted(p.stem for p in (edit_dir / "images").glob("*.png"))
     rows = {r["id"]: r for r in read_csv(paths.data / "manifest.csv")}

@@ -63,8 +63,9 @@ def test_every_output_exists_and_is_sane(repo):
         assert 0 <= m["lpips_edit"]["mean"] and m["lpips_is_paper_metric"] is False
     md = (out / "report" / "report.md").read_text()
     assert all(f"| {a} |" in md for a in ATTRS) and "random backbone" in md
-    for a in ATTRS:  # the toy-world stages exist for every profile and step aside on the others
+    for a in ATTRS:  # the toy world's oracle (in evaluate@) and toy_analysis step aside on other profiles
         assert "skipped" in (out / "attributes" / a / "toy_eval" / "metrics.json").read_text()
+    assert "skipped" in (out / "toy" / "metrics.json").read_text()
 
 
 def test_dvc_metrics_plots_params_work_offline(repo):
@@ -83,11 +84,10 @@ def test_prompt_change_reruns_only_that_attribute(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = dvc(repo, "status")
     changed = set(re.findall(r"^(\S+):$", status, flags=re.M)) - {"data.dvc"}  # data/ is not in a fresh clone
-    # download is always_changed by design; evaluate@red and toy_eval@red read the prompts, edit@red the row's
-    # coefficient
-    assert changed == {"download", "train@red", "edit@red", "evaluate@red", "toy_eval@red"}, status
+    # download is always_changed by design; evaluate@red reads the prompts, edit@red the row's coefficient
+    assert changed == {"download", "train@red", "edit@red", "evaluate@red"}, status
     log = dvc(repo, "repro")
     ran = set(re.findall(r"Running stage '([^']+)'", log))
-    assert ran == {"download", "train@red", "edit@red", "evaluate@red", "toy_eval@red", "toy_analysis", "report"}, log
+    assert ran == {"download", "train@red", "edit@red", "evaluate@red", "toy_analysis", "report"}, log
     sched = json.loads((repo / "outputs/attributes/red/train/schedule.json").read_text())
     assert sched["target"] == "a crimson shape"

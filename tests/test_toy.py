@@ -227,3 +227,21 @@ def test_toy_analysis_reuses_the_edit_stage_only_when_it_ran_the_same_edit(tmp_p
     assert _made(paths, "red", ["a"], 1.0, EditConfig(300, 224, n_gen_steps=40, t_0=500)) == {}  # another grid
     (folder / "summary.json").write_text(json.dumps({**summary, "t_0": None}))
     assert _made(paths, "red", ["a"], 1.0, cfg) == {}  # another inversion depth
+
+
+def test_oracle_verdict_steps_aside_for_prompts_that_name_no_factor(tmp_path):
+    import json
+
+    import yaml
+
+    from pipeline import toy_eval
+    from pipeline.params import params_from_dict
+    from tests.pipeline_util import ROOT
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert data["profile"] == "toy"
+    data["catalog"]["toy"]["red"]["target"] = "a shiny shape"  # no colour, shape, size or background named
+    note = toy_eval.run(params_from_dict(data), "red", out=tmp_path)
+    assert "cannot tell" in note["skipped"]  # evaluate@ keeps its S_dir / LPIPS; no failed stage
+    written = json.loads((tmp_path / "attributes" / "red" / "toy_eval" / "metrics.json").read_text())
+    assert written == note
