@@ -72,12 +72,14 @@ def run(params: Params, out: Path = OUT) -> dict:
     # -- the models themselves ---------------------------------------------------------------------
     attrs = list(params.attributes)
     first = read_json(paths.attribute(attrs[0]) / "train" / "schedule.json")
-    plain_cfg = EditConfig(first["t_edit"], first["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost)
+    # samples from pure noise (t = 999) at the edits' step size: n_gen_steps span [0, t_0] there
+    steps = round(ed.n_gen_steps * model.num_train_timesteps / first["t_0"]) if first.get("t_0") else ed.n_gen_steps
+    plain_cfg = EditConfig(first["t_edit"], first["t_boost"], steps, inv.spacing, ed.eta_boost)
     samples = analysis.generate(model, random_latents(N_SAMPLES, (3, size, size), seed=123), [], plain_cfg,
                                 range(N_SAMPLES))  # fmt: skip
     rs = oracle.read(samples)
     metrics["ddpm_samples"] = {"clean": float(rs.clean.mean()), "n": N_SAMPLES,
-                               "steps": ed.n_gen_steps, "t_boost": first["t_boost"]}  # fmt: skip
+                               "steps": steps, "t_boost": first["t_boost"]}  # fmt: skip
     grid_image([samples[i : i + 16] for i in range(0, min(N_SAMPLES, 32), 16)]).save(folder / "ddpm_samples.png")
     clip = load_train_clip(params, model.unet.device)
     metrics["clip_zero_shot"] = _zero_shot(clip, test, f_all)

@@ -70,7 +70,7 @@ def test_an_attribute_rows_coefficient_wins_over_edit_coefficients(raw):
     data["edit"]["coefficients"] = [2.0, 3.0]  # one per attribute: the row still wins for its own
     assert P.params_from_dict(data).active_coefficients == {"red": 2.0, "blue": 0.5}
     toy = P.params_from_dict(P.parse_yaml(PARAMS.read_text()))
-    assert toy.profile == "toy" and toy.active_coefficients == {"red": 1.0, "circle": 0.75, "large": 1.5}
+    assert toy.profile == "toy" and toy.active_coefficients == {"red": 1.0, "circle": 0.75, "large": 3.0}
 
 
 def test_shipped_params_are_stable_under_dvc_redump():
