@@ -26,13 +26,17 @@ def is_toy(params: Params) -> bool:
     return params.active_profile.dataset.source == "toy"
 
 
+def _skip(folder: Path, note: dict) -> dict:
+    write_json(folder / "metrics.json", note)
+    write_csv(folder / "per_image.csv", [])
+    return note
+
+
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
     paths = Paths(out)
     folder = paths.attribute(attr) / "toy_eval"
     if not is_toy(params):
-        write_json(folder / "metrics.json", SKIPPED)
-        write_csv(folder / "per_image.csv", [])
-        return SKIPPED
+        return _skip(folder, SKIPPED)
     from asyrp.images import grid_image, load_images
     from asyrp.toy import evaluate, oracle
     from asyrp.toy.data import factors_from_rows
@@ -41,10 +45,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     try:
         factor, value = evaluate.edit_target(spec.source, spec.target)
     except ValueError as err:  # e.g. a new attribute whose prompts name no factor: S_dir/LPIPS still stand
-        note = {"skipped": str(err)}
-        write_json(folder / "metrics.json", note)
-        write_csv(folder / "per_image.csv", [])
-        return note
+        return _skip(folder, {"skipped": str(err)})
     edit_dir = paths.attribute(attr) / "edit"
     ids = sorted(p.stem for p in (edit_dir / "images").glob("*.png"))
     rows = {r["id"]: r for r in read_csv(paths.data / "manifest.csv")}

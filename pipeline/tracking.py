@@ -184,13 +184,16 @@ def _log_outputs(c, run, params: Params, stage: str, attribute, paths: Paths, re
         for f in ("grid.png", "strip.png"):
             c.log_artifact(run, str(paths.attribute(attribute) / "edit" / f), "edit")
     elif stage in ("evaluate", "toy_eval"):
-        folders = ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]  # evaluate@ runs the oracle
-        for name in folders:
+        for name in _metric_folders(stage):
             folder = paths.attribute(attribute) / name
-            if (folder / "metrics.json").exists():
-                c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), ""))
-            if (folder / "grid.png").exists():
+            c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), ""))
+            if (folder / "grid.png").exists():  # the oracle's grid: toy profiles only
                 c.log_artifact(run, str(folder / "grid.png"), name)
+
+
+def _metric_folders(stage: str) -> list[str]:
+    """Folders of an evaluation stage's metrics: evaluate@ also writes the oracle's (toy_eval/)."""
+    return ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]
 
 
 def _metrics(values: dict, prefix: str, step: int = 0):
@@ -291,7 +294,7 @@ def stage_files(stage: str, attribute: str | None, paths: Paths) -> list[Path]:
     elif stage == "edit":
         files += [paths.attribute(attribute) / "edit" / f for f in ("grid.png", "strip.png")]
     elif stage in ("evaluate", "toy_eval"):
-        names = ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]
+        names = _metric_folders(stage)
         files += [paths.attribute(attribute) / n / f for n in names for f in ("metrics.json", "grid.png")]
     return files
 
