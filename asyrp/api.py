@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ddim import ddim_invert, timestep_grid
-from .directions import DirectionConfig, build_direction
-from .hspace import check_image_batch
-from .models import DiffusionModel
+from .core.ddim import ddim_invert, timestep_grid
+from .core.directions import DirectionConfig, build_direction
+from .core.hspace import check_image_batch
+from .models.diffusion import DiffusionModel
 from .seeding import seeded
 
 Tensor = torch.Tensor

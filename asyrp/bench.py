@@ -80,7 +80,7 @@ def _inference(fn):
 
 
 def _clip(name: str, device):
-    from .clip import load_clip
+    from .models.clip import load_clip
 
     return load_clip(name, None, device)  # random weights: the cost is the architecture's, not the weights'
 
@@ -88,8 +88,8 @@ def _clip(name: str, device):
 def step_paths(model, clip, batch: int, repeats: int) -> dict:
     """Times of the per-step paths, as ratios to one plain forward."""
     from .api import new_direction
-    from .ddim import alpha_prod, ddim_step, pred_original_sample
-    from .losses import AsyrpLoss, LossConfig
+    from .core.ddim import alpha_prod, ddim_step, pred_original_sample
+    from .core.losses import AsyrpLoss, LossConfig
 
     unet, dev = model.unet, model.unet.device
     g = torch.Generator().manual_seed(0)
@@ -181,9 +181,9 @@ def optimisations(model, batch: int, repeats: int, compile_: bool = False) -> di
 
 def _bulk_worker(model_id: str, n: int, batch: int, device: str, repeats: int, queue) -> None:
     """In a fresh process: bulk-invert n generated images; report time, peak RSS and bare-forward time."""
-    from .bulk import BulkInversion, invert_to_shards
-    from .data import make_shapes_dataset
-    from .models import load_diffusion
+    from .data.bulk import BulkInversion, invert_to_shards
+    from .data.datasets import make_shapes_dataset
+    from .models.diffusion import load_diffusion
 
     model = load_diffusion(model_id, device)
     # Bare forwards timed in this process and thread state, before and after the stage (median of both): a
@@ -230,7 +230,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-bulk", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     args = ap.parse_args(argv)
-    from .models import load_diffusion
+    from .models.diffusion import load_diffusion
 
     model_id, size, clip_name = MODELS[args.model]
     batch = args.batch or {"small": 8, "toy": 32}.get(args.model, 1)

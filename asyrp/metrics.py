@@ -64,7 +64,7 @@ def directional_similarity(
 ) -> Tensor:
     """S_dir per image (Eq. 17): cos(E_I(edited) - E_I(original), E_T(target) - E_T(source)).
 
-    ``clip`` is an :class:`asyrp.clip.ClipModel` (``encode_image`` of [-1, 1] images, ``text_direction``).
+    ``clip`` is an :class:`asyrp.models.clip.ClipModel` (``encode_image`` of [-1, 1] images, ``text_direction``).
     (B, 3, H, W), (B, 3, H, W) -> (B,) on the CPU.
     """
     if original.shape != edited.shape:
@@ -108,7 +108,7 @@ def segmentation_consistency(
 ) -> Tensor:
     """SC per image: pixel accuracy between the label maps of ``reference`` and ``edited``. -> (B,) in [0, 1].
 
-    ``segmenter`` maps (B, 3, H, W) images in [-1, 1] to (B, H, W) labels (:mod:`asyrp.segment`).
+    ``segmenter`` maps (B, 3, H, W) images in [-1, 1] to (B, H, W) labels (:mod:`asyrp.models.segment`).
     """
     if reference.shape != edited.shape:
         raise ValueError(f"reference {tuple(reference.shape)} and edited {tuple(edited.shape)} differ in shape")

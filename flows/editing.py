@@ -8,9 +8,9 @@ from pathlib import Path
 from prefect import task
 
 from asyrp.api import invert
-from asyrp.directions import check_compatible
-from asyrp.edit import EditConfig, EditDirection, asyrp_generate
-from asyrp.images import load_images, save_images
+from asyrp.core.directions import check_compatible
+from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
+from asyrp.data.images import load_images, save_images
 from pipeline.tracking import load_registered_direction
 
 from .tasks import _model, params_of

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from prefect import task
 
-from pipeline import download, edit, evaluate, invert, report, schedule, tracking, train
+from pipeline import tracking
+from pipeline.stages import download, edit, evaluate, invert, report, schedule, train
 from pipeline.common import Paths, load_model
 from pipeline.params import Params, params_from_dict
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from asyrp.clip import ClipModel, load_clip
-from asyrp.models import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
-from asyrp.perceptual import Perceptual, load_lpips
+from asyrp.models.clip import ClipModel, load_clip
+from asyrp.models.diffusion import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
+from asyrp.models.perceptual import Perceptual, load_lpips
 
 from .io import OUT, Paths, _jsonable, read_csv, read_json, write_csv, write_json
 from .params import Params, ParamsError, load_params
@@ -109,7 +109,7 @@ def check_dvc_layout(params: Params) -> None:
 
 
 def _stage_name(run: Callable) -> str:
-    """'train' for pipeline.train.run, also when the module runs as __main__ (python -m)."""
+    """'train' for pipeline.stages.train.run, also when the module runs as __main__ (python -m)."""
     module = sys.modules.get(run.__module__)
     spec = getattr(module, "__spec__", None)
     return (spec.name if spec else run.__module__).rsplit(".", 1)[-1]

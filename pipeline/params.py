@@ -123,7 +123,7 @@ class AttributeSpec(Strict):
 class ModelSpec(Strict):
     id: Text  # "offline:small", a hub id, a local diffusers folder, or a .pt/.ckpt checkpoint file
     image_size: int = Field(ge=8)
-    # Checkpoint files only (asyrp.archs): the architecture preset (None = inferred from the file name) and
+    # Checkpoint files only (asyrp.models.archs): the architecture preset (None = inferred from the file name) and
     # the file's sha256, verified before loading (None = not checked).
     preset: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = None
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
@@ -147,7 +147,7 @@ class LpipsSpec(Strict):
 
 
 class SegmenterSpec(Strict):
-    """The segmenter of SC (App. K.2), an asyrp.segment id; a profile without one computes no SC."""
+    """The segmenter of SC (App. K.2), an asyrp.models.segment id; a profile without one computes no SC."""
 
     id: Text  # bisenet:<path to 79999_iter.pth> | hf:<hub id or folder> | offline:bisenet|segformer|upernet
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None  # pin the file

@@ -386,7 +386,7 @@ def load_registered_direction(uri: str, device="cpu"):
     """``models:/asyrp-<profile>-<attribute>@<alias>`` (or ``/<version>``) -> (direction, DirectionConfig)."""
     import mlflow
 
-    from asyrp.directions import load_direction
+    from asyrp.core.directions import load_direction
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())

@@ -34,21 +34,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def small_model():
-    from asyrp.models import load_diffusion
+    from asyrp.models.diffusion import load_diffusion
 
     return load_diffusion("offline:small")
 
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from asyrp.clip import load_clip
+    from asyrp.models.clip import load_clip
 
     return load_clip("offline:tiny")
 
 
 @pytest.fixture(scope="session")
 def random_lpips():
-    from asyrp.perceptual import load_lpips
+    from asyrp.models.perceptual import load_lpips
 
     with pytest.warns(UserWarning, match="RANDOM backbone"):
         return load_lpips("alex", allow_random_backbone=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from asyrp.archs import (
+from asyrp.models.archs import (
     ADM_256,
     ADM_LIGHT_256,
     DDPM_256,
@@ -40,8 +40,8 @@ from asyrp.archs import (
     sha256_file,
     unet_config,
 )
-from asyrp.hspace import HUNet
-from asyrp.models import ModelLoadError, load_diffusion
+from asyrp.core.hspace import HUNet
+from asyrp.models.diffusion import ModelLoadError, load_diffusion
 
 TOL = 1e-4  # the bound on max |eps difference|; measured ~1e-7 here (float32)
 
@@ -554,7 +554,7 @@ def test_pipeline_load_model_passes_preset_and_sha256(guided_file, monkeypatch):
 
 
 def test_convert_cli_writes_a_loadable_folder(guided_file, tmp_path, monkeypatch, capsys):
-    from asyrp.archs.convert import main
+    from asyrp.models.archs.convert import main
 
     path, _ = guided_file
     monkeypatch.setitem(PRESETS, SMALL_PRESET.name, SMALL_PRESET)

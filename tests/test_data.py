@@ -22,21 +22,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asyrp import archive
-from asyrp.data import (
-    BACKGROUNDS,
-    COLOURS,
+from asyrp.data import archive
+from asyrp.data.datasets import (
     DATASETS,
-    SHAPES,
-    SIZES,
     DatasetError,
     fetch,
     list_images,
     make_shapes_dataset,
     prepare_dataset,
     prepare_images,
-    shape_factors,
 )
+from asyrp.toy.generator import BACKGROUNDS, COLOURS, SHAPES, SIZES, shape_factors
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from asyrp.ddim import (
+from asyrp.core.ddim import (
     alpha_prod,
     ddim_generate,
     ddim_invert,

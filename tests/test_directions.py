@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asyrp.api import new_direction
-from asyrp.directions import (
+from asyrp.core.directions import (
     DirectionConfig,
     OfficialDirection,
     build_direction,

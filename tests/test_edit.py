@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from asyrp.directions import DirectionConfig, GlobalDirection
-from asyrp.edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction
+from asyrp.core.directions import DirectionConfig, GlobalDirection
+from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction
 
 H = (64, 8, 8)
 

@@ -53,7 +53,7 @@ def test_new_attribute_flow_trains_evaluates_and_registers(harness, tmp_path):
     assert run.data.tags["asyrp.attribute"] == "a_green_shape" and "mlflow.parentRunId" in run.data.tags
     assert len(c.get_metric_history(run.info.run_id, "loss")) > 0
     direction, cfg = tracking.load_registered_direction(result["registered_model"])
-    from asyrp.directions import load_direction
+    from asyrp.core.directions import load_direction
 
     local, _ = load_direction(base / "train" / "direction")
     h, emb = torch.randn(1, *cfg.h_shape), torch.randn(1, cfg.temb_channels)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from asyrp.hspace import HUNet, check_image_batch
-from asyrp.models import SMALL_UNET_CONFIG, build_unet
+from asyrp.core.hspace import HUNet, check_image_batch
+from asyrp.models.diffusion import SMALL_UNET_CONFIG, build_unet
 
 CONFIGS = {
     "small-attn": SMALL_UNET_CONFIG,

@@ -1,4 +1,4 @@
-"""asyrp.latents: round trip, resumability (exception, real SIGKILL, torn file), metadata, memory."""
+"""asyrp.data.latents: round trip, resumability (exception, real SIGKILL, torn file), metadata, memory."""
 
 import json
 import os
@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from asyrp import latents
-from asyrp.latents import INDEX_NAME, LatentStore, MetadataMismatchError, run_sharded, write_shard
+from asyrp.data import latents
+from asyrp.data.latents import INDEX_NAME, LatentStore, MetadataMismatchError, run_sharded, write_shard
 
 N, SHARD, BATCH = 23, 5, 2  # 5 shards (the last of 3 rows); batches do not divide shards
 META = {"model": "tiny", "steps": 40, "grid": [0, 333, 666, 999]}
@@ -187,7 +187,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from asyrp import latents
+    from asyrp.data import latents
     from test_latents import BATCH, META, SHARD, compute, make_items
 
     if sys.argv[2] == "commit":  # stall shard 1 between fsync and rename: the kill lands mid-commit

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from asyrp.losses import AsyrpLoss, LossConfig, direction_loss, directional_cos
+from asyrp.core.losses import AsyrpLoss, LossConfig, direction_loss, directional_cos
 
 
 def test_directional_cos_by_hand():
@@ -34,7 +34,7 @@ def test_lambda_recon_auto_is_three_times_similarity(tiny_clip):
 
 
 def test_templates_average_every_template(tiny_clip):
-    from asyrp.clip import imagenet_templates
+    from asyrp.models.clip import imagenet_templates
 
     templates = imagenet_templates()
     assert len(templates) == 80 and all("{}" in t for t in templates)

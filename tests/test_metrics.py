@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from asyrp.latents import run_sharded
-from asyrp.losses import directional_cos
+from asyrp.data.latents import run_sharded
+from asyrp.core.losses import directional_cos
 from asyrp.metrics import (
     directional_similarity,
     mean_ci,
@@ -171,7 +171,7 @@ def offline_params(**evaluate):
 
 
 def run_evaluate(tmp_path, data):
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
 
     out = fake_outputs(tmp_path / "outputs")
     with warnings.catch_warnings():

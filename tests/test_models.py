@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from asyrp.clip import load_clip
-from asyrp.models import SMALL_UNET_CONFIG, ModelLoadError, build_unet, load_diffusion
-from asyrp.perceptual import load_lpips
+from asyrp.models.clip import load_clip
+from asyrp.models.diffusion import SMALL_UNET_CONFIG, ModelLoadError, build_unet, load_diffusion
+from asyrp.models.perceptual import load_lpips
 
 
 def test_uncached_hub_id_fails_fast_and_clearly():
@@ -94,8 +94,8 @@ def test_seeded_construction_is_deterministic_across_threads():
 
 def test_channels_last_gives_the_same_eps_h_and_edits():
     """channels_last only changes the weights' memory layout: eps, h and an edit agree with the default."""
-    from asyrp.directions import DirectionConfig, build_direction
-    from asyrp.edit import EditConfig, EditDirection, asyrp_generate
+    from asyrp.core.directions import DirectionConfig, build_direction
+    from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
 
     base, cl = load_diffusion("offline:small"), load_diffusion("offline:small", channels_last=True)
     w = next(p for p in cl.unet.parameters() if p.ndim == 4)

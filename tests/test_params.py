@@ -388,7 +388,7 @@ def test_source_per_image(raw):
         raw, lambda d: d["catalog"]["offline"]["red"].update(source_per_image="a {colour} shape", from_noise=True)
     )
     assert "catalog.offline.red: " in message and "source_per_image needs inverted images" in message
-    from pipeline.train import per_image_prompts
+    from pipeline.stages.train import per_image_prompts
 
     rows = {
         "1": {"id": "1", "colour": "green", "shape": "circle"},
@@ -406,8 +406,8 @@ def test_t_edit_default_and_the_t_0_check(raw, monkeypatch):
 
     import numpy as np
 
-    from asyrp.schedule import LpipsCurves
-    from pipeline import train as T
+    from asyrp.core.schedule import LpipsCurves
+    from pipeline.stages import train as T
 
     curves = LpipsCurves(np.array([0, 500, 999]), np.array([0.0, 0.01, 0.1]), np.array([0.0, 0.05, 0.2]), 4, False)
     monkeypatch.setattr(T, "load_curves", lambda out: curves)

@@ -55,7 +55,7 @@ def test_invert_killed_with_sigkill_resumes_identically(tmp_path):
     for o in (ref, out):
         stage("download", params, o)
     stage("invert", params, ref)
-    cmd = [sys.executable, "-m", "pipeline.invert", "--params", str(params), "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipeline.stages.invert", "--params", str(params), "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list((out / "latents" / "train").glob("shard-*.parquet")):
@@ -92,7 +92,7 @@ def test_cli_errors_are_one_clear_line(tmp_path):
 
 
 def test_download_counts_bad_images_and_goes_on(tmp_path):
-    from pipeline import download
+    from pipeline.stages import download
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asyrp.schedule import LpipsCurves, choose_schedule, crossing_t, lpips_curves, t_edit_threshold
+from asyrp.core.schedule import LpipsCurves, choose_schedule, crossing_t, lpips_curves, t_edit_threshold
 
 
 def test_crossing_exact_on_piecewise_linear():

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from asyrp.segment import (
+from asyrp.models.segment import (
     CELEBAMASK_LABELS,
     BiSeNet,
     SegmenterLoadError,

@@ -293,7 +293,7 @@ def study_params(folder: Path) -> dict:
 
 
 def test_study_stage_builds_the_sheet_from_pipeline_outputs(tmp_path):
-    from pipeline import study
+    from pipeline.stages import study
 
     out = fake_outputs(tmp_path / "outputs")
     other = tmp_path / "other"

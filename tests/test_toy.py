@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyrp.data import FACTORS, render_shapes, shape_factors
+from asyrp.toy.generator import FACTORS, render_shapes, shape_factors
 from asyrp.toy import evaluate, oracle
 from asyrp.toy.models import CLIP_WEIGHTS, DDPM_WEIGHTS
 
@@ -56,8 +56,8 @@ def test_edit_target_parsing():
 def test_shipped_weights_are_small_and_load():
     assert DDPM_WEIGHTS.is_file() and CLIP_WEIGHTS.is_file()
     assert DDPM_WEIGHTS.stat().st_size + CLIP_WEIGHTS.stat().st_size <= 20 * 2**20
-    from asyrp.clip import load_clip
-    from asyrp.models import load_diffusion
+    from asyrp.models.clip import load_clip
+    from asyrp.models.diffusion import load_diffusion
 
     model = load_diffusion("offline:toy")
     assert model.unet.h_shape() == (128, 8, 8)
@@ -73,11 +73,11 @@ def test_shipped_weights_are_small_and_load():
 def test_tiny_end_to_end_edit():
     """Invert 2 images, train a direction for a few steps, edit: runs and the oracle can score it."""
     from asyrp.api import invert, new_direction
-    from asyrp.clip import load_clip
-    from asyrp.edit import EditConfig, EditDirection, asyrp_generate
-    from asyrp.losses import AsyrpLoss, LossConfig
-    from asyrp.models import load_diffusion
-    from asyrp.train import TrainConfig, tensor_batches, train_direction
+    from asyrp.models.clip import load_clip
+    from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
+    from asyrp.core.losses import AsyrpLoss, LossConfig
+    from asyrp.models.diffusion import load_diffusion
+    from asyrp.core.train import TrainConfig, tensor_batches, train_direction
 
     torch.manual_seed(0)
     model, clip = load_diffusion("offline:toy"), load_clip("offline:toy-clip", None)
@@ -129,10 +129,10 @@ def test_grown_shapes_move_inside_the_image_as_the_generator_keeps_them():
 def test_supervised_ceiling_fits_the_ground_truth():
     """f_t trained on the ground-truth edit's P_t lowers its L1 and is scored like any edit."""
     from asyrp.api import invert, new_direction
-    from asyrp.edit import EditConfig
-    from asyrp.models import load_diffusion
+    from asyrp.core.edit import EditConfig
+    from asyrp.models.diffusion import load_diffusion
     from asyrp.toy.analysis import TargetL1, supervised_ceiling
-    from asyrp.train import TrainConfig
+    from asyrp.core.train import TrainConfig
 
     x = torch.zeros(2, 3, 4, 4)
     assert TargetL1()(x, x)[0].item() == 0.0
@@ -150,8 +150,8 @@ def test_supervised_ceiling_fits_the_ground_truth():
 
 
 def test_clip_check_prefers_the_clean_edit_with_the_shipped_clip():
-    from asyrp.clip import load_clip
-    from asyrp.losses import AsyrpLoss, LossConfig
+    from asyrp.models.clip import load_clip
+    from asyrp.core.losses import AsyrpLoss, LossConfig
     from asyrp.toy.analysis import clip_check
 
     clip = load_clip("offline:toy-clip", None)
@@ -184,8 +184,8 @@ def test_linearity_reuses_edits_already_made():
     """Images passed as `known` (the edit stage's c = 0 and c) stand in for those coefficients: same result as
     sweeping them here, in the coefficients' order."""
     from asyrp.api import new_direction
-    from asyrp.edit import EditConfig, EditDirection, asyrp_generate
-    from asyrp.models import load_diffusion
+    from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
+    from asyrp.models.diffusion import load_diffusion
     from asyrp.toy.analysis import linearity
 
     torch.manual_seed(0)
@@ -207,10 +207,10 @@ def test_linearity_reuses_edits_already_made():
 def test_toy_analysis_reuses_the_edit_stage_only_when_it_ran_the_same_edit(tmp_path):
     import json
 
-    from asyrp.edit import EditConfig
-    from asyrp.images import save_images
+    from asyrp.core.edit import EditConfig
+    from asyrp.data.images import save_images
     from pipeline.common import Paths
-    from pipeline.toy_analysis import _made
+    from pipeline.stages.toy_analysis import _made
 
     paths, cfg = Paths(tmp_path), EditConfig(300, 224, n_gen_steps=20, t_0=500)
     folder = paths.attribute("red") / "edit"
@@ -234,7 +234,7 @@ def test_oracle_verdict_steps_aside_for_prompts_that_name_no_factor(tmp_path):
 
     import yaml
 
-    from pipeline import toy_eval
+    from pipeline.stages import toy_eval
     from pipeline.params import params_from_dict
     from tests.pipeline_util import ROOT
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from asyrp.api import invert, new_direction
-from asyrp.losses import AsyrpLoss, LossConfig
-from asyrp.train import TrainBatch, TrainConfig, source_trajectory, tensor_batches, train_direction
+from asyrp.core.losses import AsyrpLoss, LossConfig
+from asyrp.core.train import TrainBatch, TrainConfig, source_trajectory, tensor_batches, train_direction
 
 T_EDIT = 600
 CFG = dict(t_edit=T_EDIT, n_train_steps=8)
@@ -80,7 +80,7 @@ def test_source_trajectory_is_computed_once(small_model, loss, latents, monkeypa
 
 def test_cached_source_predictions_are_used(small_model, loss, latents):
     x0, x_T = latents
-    from asyrp.ddim import timestep_grid
+    from asyrp.core.ddim import timestep_grid
 
     preds, _ = source_trajectory(small_model, x_T[:2], timestep_grid(8), T_EDIT)
     assert sorted(preds) == [713, 856, 999]

@@ -14,7 +14,7 @@ Each function edits held-out latents x_T and scores the results with `asyrp.toy.
                   edited image, re-rendered by the generator), no CLIP: what the rest of the editing process
                   (DDPM, h-space, f_t, interval) allows, so the CLIP loss's share of a shortfall can be told apart
 
-All generation uses `asyrp.edit.asyrp_generate` (the editing process of the pipeline), except the
+All generation uses `asyrp.core.edit.asyrp_generate` (the editing process of the pipeline), except the
 eps-space perturbation, which needs eps itself shifted (`eps_space_generate`).
 """
 
@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from ..api import invert
-from ..data import render_shapes
-from ..ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
-from ..directions import DirectionConfig, build_direction
-from ..edit import EditConfig, EditDirection, coefficient_sweep, mean_direction, per_image_noise
-from ..edit import generate_in_chunks as generate
-from ..models import DiffusionModel
+from .generator import render_shapes
+from ..core.ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
+from ..core.directions import DirectionConfig, build_direction
+from ..core.edit import EditConfig, EditDirection, coefficient_sweep, mean_direction, per_image_noise
+from ..core.edit import generate_in_chunks as generate
+from ..models.diffusion import DiffusionModel
 from ..seeding import seeded
-from ..train import TrainBatch, TrainConfig, source_trajectory, train_direction
+from ..core.train import TrainBatch, TrainConfig, source_trajectory, train_direction
 from . import evaluate, oracle
 
 Tensor = torch.Tensor
@@ -299,7 +299,7 @@ def clip_check(clip, text_dirs: Tensor, f: dict, factor: str, value: int, size: 
     `clean_edit_best`: share of images whose clean edit scores above every entangled variant, i.e. where the
     CLIP loss's optimum among these is the clean edit.
     """
-    from ..losses import directional_cos
+    from ..core.losses import directional_cos
 
     dev = text_dirs.device
     e0 = clip.encode_image(edited_images(f, size).to(dev))

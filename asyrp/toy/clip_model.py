@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from ..data import BACKGROUNDS, COLOURS, SHAPES, SIZES
+from .generator import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from ..seeding import seeded
 
 CONTEXT_LENGTH = 16

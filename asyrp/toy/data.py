@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import FACTORS, make_shapes_dataset, shape_extent
+from ..data.datasets import make_shapes_dataset
+from .generator import FACTORS, shape_extent
 
 TOY_SEED_BASE = 1_000
 

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from ..data import FACTORS
+from .generator import FACTORS
 from . import oracle
 
 PRESERVE_IOU = 0.7

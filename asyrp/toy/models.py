@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy"
+ASSETS = Path(__file__).resolve().parent / "assets"
 DDPM_WEIGHTS = ASSETS / "ddpm.safetensors"
 CLIP_WEIGHTS = ASSETS / "clip.safetensors"
 
@@ -31,7 +31,7 @@ TOY_UNET_CONFIG = dict(
 
 
 def build_toy_unet(seed: int = 0):
-    from ..models import build_unet
+    from ..models.diffusion import build_unet
 
     return build_unet(TOY_UNET_CONFIG, seed)
 
@@ -58,7 +58,7 @@ def load_fp32(path: Path) -> tuple[dict, dict]:
 
 def _with_weights(module, path: Path, what: str, command: str):
     """``module`` with the fp16 safetensors at ``path`` loaded (as float32); a clear error when missing."""
-    from ..models import ModelLoadError
+    from ..models.diffusion import ModelLoadError
 
     if not path.is_file():
         raise ModelLoadError(f"toy {what} weights {path} missing; train them: python -m {command}")
@@ -74,8 +74,8 @@ def load_toy_unet(path: str | Path | None = None):
 
 
 def load_toy_clip(path: str | Path | None = None, device="cpu"):
-    """The shipped toy CLIP as an `asyrp.clip.ClipModel` (word-level tokenizer, 32-px input)."""
-    from ..clip import ClipModel
+    """The shipped toy CLIP as an `asyrp.models.clip.ClipModel` (word-level tokenizer, 32-px input)."""
+    from ..models.clip import ClipModel
     from .clip_model import MEAN, STD, WordTokenizer, build_toy_clip
 
     model = _with_weights(build_toy_clip(), Path(path or CLIP_WEIGHTS), "CLIP", "asyrp.toy.train_clip --export")

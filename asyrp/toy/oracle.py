@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import BACKGROUNDS, COLOURS, FACTORS, SHAPES, SIZES, render_shapes, shape_extent
+from .generator import BACKGROUNDS, COLOURS, FACTORS, SHAPES, SIZES, render_shapes, shape_extent
 
 PALETTE_NAMES = tuple(COLOURS) + tuple(BACKGROUNDS)  # shape colours first, then backgrounds
 PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), np.float32)  # (7, 3)

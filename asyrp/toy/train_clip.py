@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import FACTORS, render_shapes, shape_factors
+from .generator import FACTORS, render_shapes, shape_factors
 from .clip_model import MEAN, STD, TOY_CLIP_CONFIG, VOCAB, WordTokenizer, build_toy_clip
 from .models import CLIP_WEIGHTS, save_fp16
 from .train_ddpm import plot_loss

@@ -1,7 +1,7 @@
 """Train the toy DDPM on freshly generated shapes (every batch is new: the data never repeats).
 
     python -m asyrp.toy.train_ddpm --steps 6000 --out runs/toy_ddpm     # then --export to ship it
-    python -m asyrp.toy.train_ddpm --init asyrp/assets/toy/ddpm.safetensors --steps 3000 --out runs/more
+    python -m asyrp.toy.train_ddpm --init asyrp/toy/assets/ddpm.safetensors --steps 3000 --out runs/more
                                                                          # continue from shipped weights
 
 Epsilon-prediction MSE on DDPM's linear 1000-step schedule, AdamW with warmup and a linear decay over the
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import render_shapes, shape_factors
-from ..models import DDPM_SCHEDULE, schedule_from_config
+from .generator import render_shapes, shape_factors
+from ..models.diffusion import DDPM_SCHEDULE, schedule_from_config
 from .models import DDPM_WEIGHTS, TOY_UNET_CONFIG, build_toy_unet, load_fp32, save_fp16
 
 TRAIN_SEED_BASE = 10_000

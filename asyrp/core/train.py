@@ -22,7 +22,7 @@ from torch import nn
 
 from .ddim import alpha_prod, ddim_step, generation_pairs, pred_original_sample, timestep_grid
 from .losses import AsyrpLoss
-from .models import DiffusionModel
+from ..models.diffusion import DiffusionModel
 
 Tensor = torch.Tensor
 

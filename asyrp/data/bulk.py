@@ -3,7 +3,7 @@
 Per image: ``image`` (3, H, W) uint8 and ``x_T`` (3, H, W) float32; with ``cache_source`` also
 ``source_pred`` (K, 3, H, W) float16: P_t^source along plain DDIM from x_T on the training grid for the K
 steps t >= cache_min_t (what Algorithm 2 needs from the source trajectory); with ``reconstruct`` also
-``recon`` (3, H, W) uint8, the eta = 0 reconstruction. Memory is bounded by one shard (asyrp.latents).
+``recon`` (3, H, W) uint8, the eta = 0 reconstruction. Memory is bounded by one shard (asyrp.data.latents).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .api import invert
-from .ddim import timestep_grid
+from ..api import invert
+from ..core.ddim import timestep_grid
 from .images import load_images, to_uint8
 from .latents import run_sharded
-from .models import DiffusionModel
-from .train import source_trajectory
+from ..models.diffusion import DiffusionModel
+from ..core.train import source_trajectory
 
 
 @dataclass

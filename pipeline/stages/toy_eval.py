@@ -7,7 +7,7 @@ outputs/attributes/<a>/toy_eval/grid.png       original | no-edit baseline | edi
 
 Scored on the test split's images that do not already have the target value (asyrp.toy.evaluate). On a
 profile whose dataset is not `toy`, it writes {"skipped": "not a toy profile"} and exits at once, so the
-DVC pipeline of every other profile still runs. `python -m pipeline.toy_eval <attribute>` reruns it alone.
+DVC pipeline of every other profile still runs. `python -m pipeline.stages.toy_eval <attribute>` reruns it alone.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import OUT, Paths, read_csv, stage_main, write_csv, write_json
-from .params import Params
+from ..common import OUT, Paths, read_csv, stage_main, write_csv, write_json
+from ..params import Params
 
 SKIPPED = {"skipped": "not a toy profile"}
 
@@ -37,7 +37,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     folder = paths.attribute(attr) / "toy_eval"
     if not is_toy(params):
         return _skip(folder, SKIPPED)
-    from asyrp.images import grid_image, load_images
+    from asyrp.data.images import grid_image, load_images
     from asyrp.toy import evaluate, oracle
     from asyrp.toy.data import factors_from_rows
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asyrp.data import prepare_dataset
+from asyrp.data.datasets import prepare_dataset
 
-from .common import OUT, Paths, stage_main
-from .params import Params
+from ..common import OUT, Paths, stage_main
+from ..params import Params
 
 
 def dataset_source(params: Params) -> str | dict:

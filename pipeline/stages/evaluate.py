@@ -12,7 +12,7 @@ preservation, LPIPS(original, reconstruction) its floor. Metrics made with a ran
 segmenter or an LPIPS that is not the pretrained AlexNet say so in metrics.json.
 
 outputs/attributes/<a>/toy_eval/                on toy profiles, the oracle's verdict on the same images
-                                                (pipeline.toy_eval: success, preservation, clean edits next
+                                                (pipeline.stages.toy_eval: success, preservation, clean edits next
                                                 to the no-edit baseline); elsewhere a 'skipped' note
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from asyrp.images import load_images
-from asyrp.latents import LatentStore
+from asyrp.data.images import load_images
+from asyrp.data.latents import LatentStore
 from asyrp.metrics import directional_similarity, mean_ci, segmentation_consistency
-from asyrp.segment import load_segmenter
+from asyrp.models.segment import load_segmenter
 
-from .common import OUT, Paths, load_eval_clip, load_metric_lpips, read_json, stage_main, write_csv, write_json
-from .params import Params
+from ..common import OUT, Paths, load_eval_clip, load_metric_lpips, read_json, stage_main, write_csv, write_json
+from ..params import Params
 from .toy_eval import run as oracle_verdict
 
 __all__ = ["mean_ci", "run", "main"]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from asyrp.latents import LatentStore
-from asyrp.perceptual import RANDOM_BACKBONE_NOTE
-from asyrp.schedule import LpipsCurves, crossing_t, lpips_curves
+from asyrp.data.latents import LatentStore
+from asyrp.models.perceptual import RANDOM_BACKBONE_NOTE
+from asyrp.core.schedule import LpipsCurves, crossing_t, lpips_curves
 
-from .common import (
+from ..common import (
     OUT,
     Paths,
     line_plot,
@@ -31,7 +31,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .params import Params
+from ..params import Params
 
 
 def run(params: Params, out: Path = OUT) -> dict:

@@ -173,5 +173,5 @@ def check_image_batch(x: Tensor, model: HUNet, name: str = "images") -> None:
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.001 or hi > 1.001:
         raise ValueError(
-            f"{name} must be scaled to [-1, 1] (got min {lo:.3g}, max {hi:.3g}); use asyrp.images.to_model_range"
+            f"{name} must be scaled to [-1, 1] (got min {lo:.3g}, max {hi:.3g}); use asyrp.data.images.to_model_range"
         )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .clip import ClipModel, imagenet_templates
+from ..models.clip import ClipModel, imagenet_templates
 
 Tensor = torch.Tensor
 LOSS_FORMS = ("log", "one_minus_cos")

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ModelLoadError
-from .seeding import seeded
+from .diffusion import ModelLoadError
+from ..seeding import seeded
 
 Tensor = torch.Tensor
 

@@ -6,9 +6,9 @@ Model ids:
     a local folder in diffusers format (``config.json`` + weights at its root or under ``unet/``);
     ``offline:small``: a small UNet2DModel built from a config with seeded random weights (tests and the
     plumbing-only offline profile); ``offline:toy``: the toy world's trained 32-px DDPM shipped in
-    ``asyrp/assets/toy`` (see ``asyrp.toy``);
+    ``asyrp/toy/assets`` (see ``asyrp.toy``);
     a checkpoint file: ``.pt`` (guided-diffusion: the paper's AFHQ-dog iDDPM and METFACES P2-ADM) or ``.ckpt``
-    (original DDPM: SDEdit's CelebA-HQ, LSUN church/bedroom), converted by ``asyrp.archs`` (presets there);
+    (original DDPM: SDEdit's CelebA-HQ, LSUN church/bedroom), converted by ``asyrp.models.archs`` (presets there);
     ``offline:random:<preset>``: a checkpoint preset's architecture with seeded random weights.
 """
 
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .hspace import HUNet
-from .seeding import seeded
+from ..core.hspace import HUNet
+from ..seeding import seeded
 
 if TYPE_CHECKING:
     from .archs.presets import Preset
@@ -167,8 +167,8 @@ def load_diffusion(
     """Load a frozen diffusion model by hub id, local folder, checkpoint file, or built-in ``offline:*`` id.
 
     A ``.pt`` / ``.ckpt`` / ``.pth`` / ``.bin`` path is a guided-diffusion (iDDPM / ADM) or original-DDPM state
-    dict, converted to a ``UNet2DModel`` by :mod:`asyrp.archs`: ``preset`` (a name of
-    ``asyrp.archs.PRESETS`` or a ``Preset``) gives its architecture and schedule, default: inferred from the
+    dict, converted to a ``UNet2DModel`` by :mod:`asyrp.models.archs`: ``preset`` (a name of
+    ``asyrp.models.archs.PRESETS`` or a ``Preset``) gives its architecture and schedule, default: inferred from the
     file name; ``sha256`` pins the file's hash, verified before loading. ``offline:random:<preset>``: that
     preset's architecture with seeded random weights. ``channels_last``: the U-Net's weights in NHWC, so its
     convolutions run channels-last (1.11-1.22x per forward on the toy DDPM on CPU; docs/benchmarks.md).
@@ -186,7 +186,7 @@ def load_diffusion(
     elif model_id == "offline:ddpm-256-random":
         unet, sched_cfg = build_unet(DDPM_256_CONFIG, seed), dict(DDPM_SCHEDULE)
     elif model_id == "offline:toy":  # the toy world's DDPM, trained by asyrp.toy.train_ddpm, shipped in assets
-        from .toy.models import load_toy_unet
+        from ..toy.models import load_toy_unet
 
         unet, sched_cfg = load_toy_unet(), dict(DDPM_SCHEDULE)
     elif model_id.startswith("offline:random:"):  # a checkpoint preset's architecture, random weights

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .ddim import alpha_prod, ddim_invert, pred_original_sample, timestep_grid
-from .models import DiffusionModel
-from .perceptual import Perceptual
+from ..models.diffusion import DiffusionModel
+from ..models.perceptual import Perceptual
 
 Tensor = torch.Tensor
 

@@ -1,10 +1,10 @@
 """The paper's other architectures as diffusers ``UNet2DModel``s: guided-diffusion (iDDPM / ADM) and original DDPM.
 
-    from asyrp.archs import load_checkpoint, PRESETS
+    from asyrp.models.archs import load_checkpoint, PRESETS
     loaded = load_checkpoint("pretrained/afhq_dog_4m.pt")      # preset "iddpm-afhq-dog-256", from the file name
     hunet = HUNet(loaded.unet)                                  # h-space: 512 x 8 x 8
 
-``asyrp.models.load_diffusion`` dispatches ``.pt`` / ``.ckpt`` paths here; ``python -m asyrp.archs.convert``
+``asyrp.models.load_diffusion`` dispatches ``.pt`` / ``.ckpt`` paths here; ``python -m asyrp.models.archs.convert``
 writes a converted diffusers folder. See :mod:`.presets` for the checkpoints and their sources.
 """
 

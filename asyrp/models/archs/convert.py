@@ -1,7 +1,7 @@
 """State-dict conversion: guided-diffusion ``UNetModel`` and DDPM ``Model`` checkpoints -> diffusers ``UNet2DModel``.
 
 Both architectures are exactly a ``UNet2DModel`` with the right config, so the converted model runs through
-:class:`asyrp.hspace.HUNet` (h-space split, inversion, training, editing) unchanged. Correspondence:
+:class:`asyrp.core.hspace.HUNet` (h-space split, inversion, training, editing) unchanged. Correspondence:
 
     guided-diffusion (openai/guided-diffusion unet.py)   diffusers UNet2DModel
     timestep_embedding: [cos, sin], freqs / half           Timesteps(flip_sin_to_cos=True, freq_shift=0)
@@ -382,7 +382,7 @@ def expected_shapes(arch: ArchConfig) -> dict[str, tuple[int, ...]]:
 def convert_state_dict(state_dict: dict[str, Tensor], arch: ArchConfig) -> dict[str, Tensor]:
     """Source state dict (keys and shapes as ``expected_shapes``) -> ``UNet2DModel`` state dict, float32.
 
-    Raises KeyError for a missing key: check with :func:`asyrp.archs.checkpoint.check_state_dict` first for
+    Raises KeyError for a missing key: check with :func:`asyrp.models.archs.checkpoint.check_state_dict` first for
     a message that lists every difference.
     """
     out: dict[str, Tensor] = {}
@@ -450,11 +450,11 @@ def save_diffusers(unet, arch: ArchConfig, schedule: dict, out: str | Path) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asyrp.archs.convert CHECKPOINT OUT [--preset NAME] [--sha256 HEX]``: write a diffusers folder."""
+    """``python -m asyrp.models.archs.convert CHECKPOINT OUT [--preset NAME] [--sha256 HEX]``: write a diffusers folder."""
     from .checkpoint import load_checkpoint
     from .presets import PRESETS
 
-    ap = argparse.ArgumentParser(prog="python -m asyrp.archs.convert", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m asyrp.models.archs.convert", description=main.__doc__)
     ap.add_argument("checkpoint", help="a guided-diffusion .pt or DDPM .ckpt state dict")
     ap.add_argument("out", help="output folder (diffusers format; pass it as the model id afterwards)")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="default: inferred from the file name")

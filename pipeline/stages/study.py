@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asyrp.latents import LatentStore
+from asyrp.data.latents import LatentStore
 from asyrp.study import Condition, StudyError, build_study
 
-from .common import OUT, Paths, check_dvc_layout, read_json, run_cli, write_json
-from .params import Params, load_params
+from ..common import OUT, Paths, check_dvc_layout, read_json, run_cli, write_json
+from ..params import Params, load_params
 
 
 def run(params: Params, name: str, out: Path = OUT, root: Path = Path(".")) -> dict:

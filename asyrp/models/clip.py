@@ -4,7 +4,7 @@
 ``pretrained`` an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local checkpoint path.
 ``offline:tiny`` builds a tiny random CLIP (tests and the plumbing-only offline profile): it exercises
 every code path but its scores mean nothing. ``offline:toy-clip`` is the toy world's trained CLIP
-(32-px shapes and their captions, shipped in ``asyrp/assets/toy``; see ``asyrp.toy``).
+(32-px shapes and their captions, shipped in ``asyrp/toy/assets``; see ``asyrp.toy``).
 
 Preprocessing follows the official code (DiffusionCLIP's CLIPLoss) on tensors, so gradients flow to
 the image: [-1, 1] -> [0, 1], bicubic resize of the short side to the model's input size, center crop,
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ModelLoadError, host_reachable
-from .seeding import seeded
+from .diffusion import ModelLoadError, host_reachable
+from ..seeding import seeded
 
 Tensor = torch.Tensor
 
@@ -119,7 +119,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device=
         model, tok, size = _tiny_clip()
         return ClipModel(model, tok, name, None, size, OPENAI_MEAN, OPENAI_STD).to(device)
     if name == "offline:toy-clip":  # the toy world's CLIP, trained by asyrp.toy.train_clip, shipped in assets
-        from .toy.models import load_toy_clip
+        from ..toy.models import load_toy_clip
 
         return load_toy_clip(device=device)
     if name not in open_clip.list_models():

@@ -23,7 +23,7 @@ from torch import nn
 
 from .ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
 from .directions import DeltaHTable, DirectionConfig, GlobalDirection
-from .models import DiffusionModel
+from ..models.diffusion import DiffusionModel
 
 Tensor = torch.Tensor
 

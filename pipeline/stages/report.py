@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import OUT, Paths, read_json, stage_main, write_csv
-from .params import Params
+from ..common import OUT, Paths, read_json, stage_main, write_csv
+from ..params import Params
 
 
 def _fmt(x, digits=3) -> str:

@@ -1,6 +1,6 @@
 """Checkpoint presets: architecture hyper-parameters, schedule and provenance of each known checkpoint.
 
-Two checkpoint families, both converted into a diffusers ``UNet2DModel`` by :mod:`asyrp.archs.convert`:
+Two checkpoint families, both converted into a diffusers ``UNet2DModel`` by :mod:`asyrp.models.archs.convert`:
 
 ``guided``  the ``UNetModel`` of openai/guided-diffusion (ADM, Dhariwal & Nichol 2021) and of the repositories
             built on it: ILVR (jychoi118/ilvr_adm, the paper's AFHQ-dog iDDPM) and P2 weighting

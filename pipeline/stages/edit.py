@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from asyrp.directions import check_compatible, load_direction
-from asyrp.edit import EditConfig, EditDirection, coefficient_sweep, generate_in_chunks
-from asyrp.images import grid_image, save_images
-from asyrp.latents import LatentStore, write_shard
+from asyrp.core.directions import check_compatible, load_direction
+from asyrp.core.edit import EditConfig, EditDirection, coefficient_sweep, generate_in_chunks
+from asyrp.data.images import grid_image, save_images
+from asyrp.data.latents import LatentStore, write_shard
 
-from .common import OUT, Paths, load_model, read_json, stage_main, write_json
-from .params import Params
+from ..common import OUT, Paths, load_model, read_json, stage_main, write_json
+from ..params import Params
 
 
 def run(params: Params, attr: str, out: Path = OUT) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import OUT, Paths, line_plot, read_csv, read_json, stage_main, write_json
-from .params import Params
+from ..common import OUT, Paths, line_plot, read_csv, read_json, stage_main, write_json
+from ..params import Params
 from .toy_eval import SKIPPED, is_toy
 from .train import train_config
 
@@ -44,14 +44,14 @@ def run(params: Params, out: Path = OUT) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     if not is_toy(params):
         return _skip(root)
-    from asyrp.directions import load_direction
-    from asyrp.edit import EditConfig, EditDirection, random_latents
-    from asyrp.images import grid_image
-    from asyrp.latents import LatentStore
+    from asyrp.core.directions import load_direction
+    from asyrp.core.edit import EditConfig, EditDirection, random_latents
+    from asyrp.data.images import grid_image
+    from asyrp.data.latents import LatentStore
     from asyrp.toy import analysis, evaluate, oracle
     from asyrp.toy.data import factors_from_rows
 
-    from .common import load_model, load_train_clip
+    from ..common import load_model, load_train_clip
 
     torch.manual_seed(0)
     ed, inv = params.active_edit, params.active_inversion
@@ -154,7 +154,7 @@ def run(params: Params, out: Path = OUT) -> dict:
 def _made(paths: Paths, attr: str, ids: list[str], coefficient: float, cfg) -> dict[float, torch.Tensor]:
     """The edit stage's images of `ids`, {0: reconstructions, coefficient: edits}, where that stage ran with this
     coefficient and config (same latents and per-image seeds, so the same images up to PNG rounding); else {}."""
-    from asyrp.images import load_images
+    from asyrp.data.images import load_images
 
     folder = paths.attribute(attr) / "edit"
     summary = folder / "summary.json"
@@ -170,7 +170,7 @@ def _made(paths: Paths, attr: str, ids: list[str], coefficient: float, cfg) -> d
 
 
 def _originals(paths: Paths, ids) -> torch.Tensor:
-    from asyrp.images import load_images
+    from asyrp.data.images import load_images
 
     return load_images([paths.data / "images" / f"{i}.png" for i in ids])
 
@@ -191,7 +191,7 @@ def _zero_shot(clip, test, f_all) -> dict:
 
 def _clip_check(params: Params, attr: str, clip, rows, ids, f, factor, value, size) -> dict:
     """analysis.clip_check with the text directions train@ used (per-image source prompts where set)."""
-    from asyrp.losses import AsyrpLoss, LossConfig
+    from asyrp.core.losses import AsyrpLoss, LossConfig
     from asyrp.toy.analysis import clip_check
 
     from .train import per_image_prompts

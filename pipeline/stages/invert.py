@@ -8,7 +8,7 @@ outputs/latents/test/   per image: `image`, `x_T`, and `recon` (3, H, W) uint8, 
 outputs/invert/metrics.json  reconstruction error, throughput against bare U-Net forwards
 
 Each split is resumable: shards are written atomically, and a rerun after any interruption (even kill -9)
-recomputes only missing shards, with output identical to an uninterrupted run (asyrp.latents).
+recomputes only missing shards, with output identical to an uninterrupted run (asyrp.data.latents).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asyrp.bulk import BulkInversion, invert_to_shards
-from asyrp.latents import LatentStore
+from asyrp.data.bulk import BulkInversion, invert_to_shards
+from asyrp.data.latents import LatentStore
 
-from .common import OUT, Paths, load_model, read_csv, stage_main, write_json
-from .params import Params
+from ..common import OUT, Paths, load_model, read_csv, stage_main, write_json
+from ..params import Params
 
 
 def split_ids(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str, list[tuple[str, str]]]:

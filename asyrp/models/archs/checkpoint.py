@@ -2,7 +2,7 @@
 
     loaded = load_checkpoint("pretrained/metface_p2.pt")          # preset inferred from the file name
     loaded = load_checkpoint(path, "iddpm-afhq-dog-256", sha256="…")
-    loaded.unet        # diffusers UNet2DModel (eval, float32), for asyrp.hspace.HUNet
+    loaded.unet        # diffusers UNet2DModel (eval, float32), for asyrp.core.hspace.HUNet
     loaded.preset      # the Preset (architecture, schedule, provenance)
 
 A state dict that does not match its preset raises :class:`StateDictMismatch` naming the missing keys, the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import ModelLoadError
+from ..diffusion import ModelLoadError
 from .convert import ConversionError, convert_checkpoint, expected_shapes
 from .presets import PRESETS, ArchConfig, Preset, get_preset, preset_for_file
 

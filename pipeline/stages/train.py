@@ -19,16 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from asyrp.api import new_direction
-from asyrp.ddim import timestep_grid
-from asyrp.directions import save_direction
-from asyrp.edit import random_latents
-from asyrp.latents import LatentStore
-from asyrp.losses import AsyrpLoss, LossConfig
-from asyrp.schedule import choose_schedule
-from asyrp.train import TrainBatch, TrainConfig, edit_interval, train_direction
+from asyrp.core.ddim import timestep_grid
+from asyrp.core.directions import save_direction
+from asyrp.core.edit import random_latents
+from asyrp.data.latents import LatentStore
+from asyrp.core.losses import AsyrpLoss, LossConfig
+from asyrp.core.schedule import choose_schedule
+from asyrp.core.train import TrainBatch, TrainConfig, edit_interval, train_direction
 
-from .common import OUT, Paths, line_plot, load_model, load_train_clip, read_csv, stage_main, write_csv, write_json
-from .params import Params
+from ..common import OUT, Paths, line_plot, load_model, load_train_clip, read_csv, stage_main, write_csv, write_json
+from ..params import Params
 from .schedule import load_curves
 
 

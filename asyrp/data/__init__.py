@@ -1,0 +1,1 @@
+"""Data: dataset preparation (``datasets``, ``archive``), images, Parquet latent shards and bulk inversion."""
