@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def list_images_for(folder: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return files
+
+
+def image_seed(seed: int, name: str) -> int:
+    """The boosting-noise seed of one image: stable across processes (sha256, not Python's salted hash)."""
+    return seed + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 100_000
 
 
 @lru_cache(maxsize=8)
@@ -59,7 +65,7 @@ def edit_chunk_task(
     )
     x0 = load_images(files, model.image_size).to(model.unet.device)
     x_T = invert(model, x0, inv.n_inv_steps, inv.spacing, t_0=first.t_0)
-    seeds = [ed.seed + abs(hash(Path(f).stem)) % 100_000 for f in files]
+    seeds = [image_seed(ed.seed, Path(f).stem) for f in files]
     edited = asyrp_generate(model, x_T, dirs, cfg, seeds)
     paths = [str(Path(out) / f"{Path(f).stem}.png") for f in files]
     save_images(edited, paths)
