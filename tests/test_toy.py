@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from asyrp.toy.generator import FACTORS, render_shapes, shape_factors
 from asyrp.toy import evaluate, oracle
+from asyrp.toy.generator import FACTORS, render_shapes, shape_factors
 from asyrp.toy.models import CLIP_WEIGHTS, DDPM_WEIGHTS
 
 
@@ -73,11 +73,11 @@ def test_shipped_weights_are_small_and_load():
 def test_tiny_end_to_end_edit():
     """Invert 2 images, train a direction for a few steps, edit: runs and the oracle can score it."""
     from asyrp.api import invert, new_direction
-    from asyrp.models.clip import load_clip
     from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
     from asyrp.core.losses import AsyrpLoss, LossConfig
-    from asyrp.models.diffusion import load_diffusion
     from asyrp.core.train import TrainConfig, tensor_batches, train_direction
+    from asyrp.models.clip import load_clip
+    from asyrp.models.diffusion import load_diffusion
 
     torch.manual_seed(0)
     model, clip = load_diffusion("offline:toy"), load_clip("offline:toy-clip", None)
@@ -130,9 +130,9 @@ def test_supervised_ceiling_fits_the_ground_truth():
     """f_t trained on the ground-truth edit's P_t lowers its L1 and is scored like any edit."""
     from asyrp.api import invert, new_direction
     from asyrp.core.edit import EditConfig
+    from asyrp.core.train import TrainConfig
     from asyrp.models.diffusion import load_diffusion
     from asyrp.toy.analysis import TargetL1, supervised_ceiling
-    from asyrp.core.train import TrainConfig
 
     x = torch.zeros(2, 3, 4, 4)
     assert TargetL1()(x, x)[0].item() == 0.0
@@ -150,8 +150,8 @@ def test_supervised_ceiling_fits_the_ground_truth():
 
 
 def test_clip_check_prefers_the_clean_edit_with_the_shipped_clip():
-    from asyrp.models.clip import load_clip
     from asyrp.core.losses import AsyrpLoss, LossConfig
+    from asyrp.models.clip import load_clip
     from asyrp.toy.analysis import clip_check
 
     clip = load_clip("offline:toy-clip", None)
@@ -209,10 +209,10 @@ def test_toy_analysis_reuses_the_edit_stage_only_when_it_ran_the_same_edit(tmp_p
 
     from asyrp.core.edit import EditConfig
     from asyrp.data.images import save_images
-    from pipeline.common import Paths
+    from pipeline.layout import Layout
     from pipeline.stages.toy_analysis import _made
 
-    paths, cfg = Paths(tmp_path), EditConfig(300, 224, n_gen_steps=20, t_0=500)
+    paths, cfg = Layout(tmp_path), EditConfig(300, 224, n_gen_steps=20, t_0=500)
     folder = paths.attribute("red") / "edit"
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     save_images(x, [folder / "images" / f"{i}.png" for i in "ab"])
@@ -234,14 +234,14 @@ def test_oracle_verdict_steps_aside_for_prompts_that_name_no_factor(tmp_path):
 
     import yaml
 
-    from pipeline.stages import toy_eval
     from pipeline.params import params_from_dict
+    from pipeline.toy import oracle_verdict
     from tests.pipeline_util import ROOT
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert data["profile"] == "toy"
     data["catalog"]["toy"]["red"]["target"] = "a shiny shape"  # no colour, shape, size or background named
-    note = toy_eval.run(params_from_dict(data), "red", out=tmp_path)
+    note = oracle_verdict(params_from_dict(data), "red", out=tmp_path)
     assert "cannot tell" in note["skipped"]  # evaluate@ keeps its S_dir / LPIPS; no failed stage
     written = json.loads((tmp_path / "attributes" / "red" / "toy_eval" / "metrics.json").read_text())
     assert written == note

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ..toy.data import TOY_SEED_BASE
 from ..toy.generator import FACTORS, render_shapes, shape_factors
 from .archive import (
     DATASETS,
@@ -355,13 +356,21 @@ def _find_subdir(root: Path, subdir: str | None) -> Path:
     return hits[0]
 
 
+# The toy world's shapes: the generator on seeds from TOY_SEED_BASE, away from its models' training seeds.
+TOY = DatasetSource("toy", "synthetic", format="procedural coloured shapes (asyrp.toy.data)", licence="generated")
+SEED_BASE = {"toy": TOY_SEED_BASE}  # synthetic source name -> offset of the generator seed
+
+
 def _as_source(source: str | dict) -> DatasetSource:
     if isinstance(source, DatasetSource):
         return source
     if isinstance(source, str):
         source = {"synthetic": "shapes"}.get(source, source)  # the pipeline's params say `synthetic`
+        if source == TOY.name:
+            return TOY
         if source not in DATASETS:
-            raise DatasetError(f"unknown dataset {source!r}: use one of {sorted(DATASETS)} or a dict source.")
+            names = sorted([*DATASETS, TOY.name])
+            raise DatasetError(f"unknown dataset {source!r}: use one of {names} or a dict source.")
         return DATASETS[source]
     spec = dict(source)
     kind = spec.pop("kind", None)
@@ -402,14 +411,15 @@ def prepare_dataset(
 ) -> dict:
     """Fetch/prepare `source` into `out_dir` (standard layout); return the report dict.
 
-    `source`: a registry name (see `DATASETS`), or {"kind": "folder", "path": ...},
+    `source`: a registry name (see `DATASETS`), ``"toy"`` (the toy world's shapes, generator seed
+    TOY_SEED_BASE + seed), or {"kind": "folder", "path": ...},
     {"kind": "archive", "path" | "url": ..., "sha256": ..., "subdir": ...}, {"kind": "synthetic"}.
     Folder-like sources take a seeded random subset of n_images; LMDB sources stream in key order.
     `image_options` go to `prepare_images` (min_side, max_pixels, resize).
     """
     src = _as_source(source)
     if src.kind == "synthetic":
-        return make_shapes_dataset(out_dir, n_images or 1000, image_size, seed)
+        return make_shapes_dataset(out_dir, n_images or 1000, image_size, SEED_BASE.get(src.name, 0) + seed)
     if src.kind == "folder":
         data = Path(src.url)
     else:

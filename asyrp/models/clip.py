@@ -2,13 +2,15 @@
 
 ``load_clip(name, pretrained)``: ``name`` is an open_clip model name (``ViT-B-16``, ``ViT-B-32``, ...);
 ``pretrained`` an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local checkpoint path.
-``offline:tiny`` builds a tiny random CLIP (tests and the plumbing-only offline profile): it exercises
-every code path but its scores mean nothing. ``offline:toy-clip`` is the toy world's trained CLIP
-(32-px shapes and their captions, shipped in ``asyrp/toy/assets``; see ``asyrp.toy``).
+Built-ins (``asyrp.models.offline.CLIP``): ``offline:tiny`` builds a tiny random CLIP (tests and the
+plumbing-only offline profile): it exercises every code path but its scores mean nothing.
+``offline:toy-clip`` is the toy world's trained CLIP (32-px shapes and their captions, shipped in
+``asyrp/toy/assets``; see ``asyrp.toy``).
 
 Preprocessing follows the official code (DiffusionCLIP's CLIPLoss) on tensors, so gradients flow to
 the image: [-1, 1] -> [0, 1], bicubic resize of the short side to the model's input size, center crop,
-CLIP mean/std normalisation.
+CLIP mean/std normalisation. open_clip is imported inside the functions that build models: it takes seconds
+to import, and a ``ClipModel`` wrapper needs only torch.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import ModelLoadError, host_reachable
 from ..seeding import seeded
+from . import offline
+from .errors import ModelLoadError, host_reachable
 
 Tensor = torch.Tensor
 
@@ -98,7 +101,8 @@ class ClipModel(nn.Module):
         return float(e[0] @ e[1])
 
 
-def _tiny_clip() -> tuple[nn.Module, object, int]:
+def tiny_clip(device="cpu") -> ClipModel:
+    """Built-in ``offline:tiny``: a seeded random open_clip CLIP for 32-px images (embed_dim 64)."""
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
@@ -108,20 +112,16 @@ def _tiny_clip() -> tuple[nn.Module, object, int]:
             vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
             text_cfg=CLIPTextCfg(context_length=32, vocab_size=49408, width=64, heads=2, layers=2),
         )
-    return model, open_clip.SimpleTokenizer(context_length=32), 32
+    tok = open_clip.SimpleTokenizer(context_length=32)
+    return ClipModel(model, tok, "offline:tiny", None, 32, OPENAI_MEAN, OPENAI_STD).to(device)
 
 
 def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device="cpu") -> ClipModel:
-    """Load a frozen CLIP by open_clip (name, pretrained tag or local checkpoint path), or ``offline:tiny``."""
+    """Load a frozen CLIP by open_clip (name, pretrained tag or local checkpoint path), or a built-in ``offline:*``."""
+    if name.startswith("offline:"):
+        return offline.builtin(offline.CLIP, name, "CLIP")(device)
     import open_clip
 
-    if name == "offline:tiny":
-        model, tok, size = _tiny_clip()
-        return ClipModel(model, tok, name, None, size, OPENAI_MEAN, OPENAI_STD).to(device)
-    if name == "offline:toy-clip":  # the toy world's CLIP, trained by asyrp.toy.train_clip, shipped in assets
-        from ..toy.models import load_toy_clip
-
-        return load_toy_clip(device=device)
     if name not in open_clip.list_models():
         raise ModelLoadError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     if pretrained and not Path(pretrained).expanduser().exists():

@@ -4,30 +4,37 @@ Model ids:
     ``google/ddpm-celebahq-256`` | ``google/ddpm-church-256`` | ``google/ddpm-bedroom-256`` and their
     ``google/ddpm-ema-*`` variants (any diffusers DDPM repo with a UNet2DModel and a scheduler config);
     a local folder in diffusers format (``config.json`` + weights at its root or under ``unet/``);
-    ``offline:small``: a small UNet2DModel built from a config with seeded random weights (tests and the
-    plumbing-only offline profile); ``offline:toy``: the toy world's trained 32-px DDPM shipped in
-    ``asyrp/toy/assets`` (see ``asyrp.toy``);
     a checkpoint file: ``.pt`` (guided-diffusion: the paper's AFHQ-dog iDDPM and METFACES P2-ADM) or ``.ckpt``
     (original DDPM: SDEdit's CelebA-HQ, LSUN church/bedroom), converted by ``asyrp.models.archs`` (presets there);
-    ``offline:random:<preset>``: a checkpoint preset's architecture with seeded random weights.
+    a built-in of ``asyrp.models.offline.DIFFUSION``: ``offline:small`` (seeded random 32-px UNet: tests and the
+    plumbing-only offline profile), ``offline:ddpm-256-random``, ``offline:toy`` (the toy world's trained 32-px
+    DDPM, see ``asyrp.toy``); ``offline:random:<preset>``: a checkpoint preset's architecture, seeded random weights.
+
+diffusers and huggingface_hub are imported inside the functions that use them: diffusers takes seconds to import,
+and ``import asyrp.models`` stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..core.hspace import HUNet
 from ..seeding import seeded
+from . import offline
+from .archs.checkpoint import is_checkpoint_path, load_checkpoint
+from .archs.convert import build_unet as build_arch
+from .archs.presets import Preset, get_preset
+from .errors import ModelLoadError, host_reachable, hub_offline
 
-if TYPE_CHECKING:
-    from .archs.presets import Preset
+__all__ = [
+    "DDPM_256_CONFIG", "DDPM_SCHEDULE", "PAPER_MODEL_IDS", "SMALL_UNET_CONFIG", "DiffusionModel", "ModelLoadError",
+    "build_unet", "host_reachable", "hub_offline", "load_diffusion", "resolve_device", "schedule_from_config",
+]  # fmt: skip
 
 PAPER_MODEL_IDS = (
     "google/ddpm-celebahq-256",
@@ -66,10 +73,6 @@ DDPM_256_CONFIG = dict(
 DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
 
-class ModelLoadError(RuntimeError):
-    """A model, CLIP or LPIPS checkpoint could not be loaded; the message says how to get it."""
-
-
 @dataclass
 class DiffusionModel:
     """A frozen U-Net with h-space access and its schedule.
@@ -105,18 +108,23 @@ def build_unet(config: dict, seed: int = 0):
         return UNet2DModel(**config)
 
 
-@lru_cache(maxsize=8)
-def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """One quick TCP probe, so an offline machine fails in seconds rather than after retries."""
+def small_unet(seed: int = 0):
+    """Built-in ``offline:small``: the small UNet (SMALL_UNET_CONFIG) with seeded random weights."""
+    return build_unet(SMALL_UNET_CONFIG, seed), dict(DDPM_SCHEDULE)
+
+
+def ddpm_256_random(seed: int = 0):
+    """Built-in ``offline:ddpm-256-random``: google/ddpm-*-256's architecture with seeded random weights."""
+    return build_unet(DDPM_256_CONFIG, seed), dict(DDPM_SCHEDULE)
+
+
+def _random_preset(model_id: str, seed: int):
+    """``offline:random:<preset>``: a checkpoint preset's architecture and schedule, seeded random weights."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not host_reachable("huggingface.co")
+        spec = get_preset(model_id.removeprefix("offline:random:"))
+    except KeyError as exc:
+        raise ModelLoadError(str(exc.args[0])) from None
+    return build_arch(spec.arch, seed=seed).eval(), dict(spec.schedule)
 
 
 def _load_pretrained(model_id: str, device: torch.device):
@@ -148,8 +156,6 @@ def _load_pretrained(model_id: str, device: torch.device):
 
 
 def _read_scheduler_config(path: Path) -> dict:
-    import json
-
     if not path.exists():  # DDPM checkpoints without a scheduler file all use the linear schedule
         return dict(DDPM_SCHEDULE)
     return json.loads(path.read_text())
@@ -174,38 +180,16 @@ def load_diffusion(
     convolutions run channels-last (1.11-1.22x per forward on the toy DDPM on CPU; docs/benchmarks.md).
     """
     device = torch.device(device)
-    from .archs.checkpoint import is_checkpoint_path
-
     if (preset is not None or sha256) and not is_checkpoint_path(model_id):
         raise ModelLoadError(
             f"preset / sha256 apply to checkpoint files (.pt, .ckpt, .pth, .bin), not to {model_id!r}: remove "
             f"them, or point the model id at the checkpoint file"
         )
-    if model_id == "offline:small":
-        unet, sched_cfg = build_unet(SMALL_UNET_CONFIG, seed), dict(DDPM_SCHEDULE)
-    elif model_id == "offline:ddpm-256-random":
-        unet, sched_cfg = build_unet(DDPM_256_CONFIG, seed), dict(DDPM_SCHEDULE)
-    elif model_id == "offline:toy":  # the toy world's DDPM, trained by asyrp.toy.train_ddpm, shipped in assets
-        from ..toy.models import load_toy_unet
-
-        unet, sched_cfg = load_toy_unet(), dict(DDPM_SCHEDULE)
-    elif model_id.startswith("offline:random:"):  # a checkpoint preset's architecture, random weights
-        from .archs import build_unet as build_arch
-        from .archs import get_preset
-
-        try:
-            spec = get_preset(model_id.removeprefix("offline:random:"))
-        except KeyError as exc:
-            raise ModelLoadError(str(exc.args[0])) from None
-        unet, sched_cfg = build_arch(spec.arch, seed=seed).eval(), dict(spec.schedule)
-    elif model_id.startswith("offline:"):
-        raise ModelLoadError(
-            f"unknown built-in model {model_id!r}; built-ins: offline:small, offline:ddpm-256-random, offline:toy, "
-            f"offline:random:<checkpoint preset>"
-        )
+    if model_id.startswith("offline:random:"):
+        unet, sched_cfg = _random_preset(model_id, seed)
+    elif model_id.startswith("offline:"):  # the built-ins of asyrp.models.offline
+        unet, sched_cfg = offline.builtin(offline.DIFFUSION, model_id, "model", ("offline:random:<preset>",))(seed)
     elif is_checkpoint_path(model_id):  # guided-diffusion .pt / original DDPM .ckpt, converted
-        from .archs import load_checkpoint
-
         loaded = load_checkpoint(model_id, preset, sha256=sha256)
         unet, sched_cfg = loaded.unet, dict(loaded.preset.schedule)
     else:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .diffusion import ModelLoadError, host_reachable
 from ..seeding import seeded
+from .errors import ModelLoadError, host_reachable
 
 TORCHVISION_WEIGHTS = {
     "alex": "alexnet-owt-7be5be79.pth",

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import ModelLoadError
 from ..seeding import seeded
+from .errors import ModelLoadError
 
 Tensor = torch.Tensor
 

@@ -28,15 +28,16 @@ import torch
 from torch import nn
 
 from ..api import invert
-from .generator import render_shapes
 from ..core.ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
 from ..core.directions import DirectionConfig, build_direction
 from ..core.edit import EditConfig, EditDirection, coefficient_sweep, mean_direction, per_image_noise
 from ..core.edit import generate_in_chunks as generate
+from ..core.hspace import asyrp_step
+from ..core.train import TrainBatch, TrainConfig, source_trajectory, train_direction
 from ..models.diffusion import DiffusionModel
 from ..seeding import seeded
-from ..core.train import TrainBatch, TrainConfig, source_trajectory, train_direction
 from . import evaluate, oracle
+from .generator import render_shapes
 
 Tensor = torch.Tensor
 
@@ -171,14 +172,17 @@ def eps_norms(model: DiffusionModel, direction: EditDirection, x_T: Tensor, cfg:
     """Mean per-image ||eps(x_t | delta_h) - eps(x_t)|| along the edited trajectory, per t >= t_edit."""
     unet, ac, x = model.unet, model.alphas_cumprod, x_T.to(model.unet.device)
     scale = direction.config.n_train_steps / cfg.n_gen_steps
+
+    def delta_h(h: Tensor, t: int, emb: Tensor) -> Tensor:
+        return direction.coefficient * scale * direction.module(h, t, emb)
+
     out = {}
     for t, t_prev in generation_pairs(timestep_grid(cfg.n_gen_steps, model.num_train_timesteps, cfg.spacing, cfg.t_0)):
         if t < cfg.t_edit:
             break
-        state = unet.down(x, t)
-        eps, eps_edit = unet.eps_pair(state, direction.coefficient * scale * direction.module(state.h, t, state.emb))
-        out[int(t)] = float((eps_edit - eps).flatten(1).norm(dim=1).mean())
-        x = ddim_step(x, eps, alpha_prod(ac, t), alpha_prod(ac, t_prev), eps_edit=eps_edit)
+        step = asyrp_step(unet, x, t, delta_h, alpha_prod(ac, t), alpha_prod(ac, t_prev))
+        out[int(t)] = float((step.eps_edit - step.eps).flatten(1).norm(dim=1).mean())
+        x = step.prev_sample
     return out
 
 

@@ -11,8 +11,8 @@ import re
 
 import torch
 
-from .generator import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from ..seeding import seeded
+from .generator import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 CONTEXT_LENGTH = 16
 FUNCTION_WORDS = ("a", "an", "the", "of", "on", "in", "with", "shape", "background", "photo", "picture", "image",
@@ -52,6 +52,7 @@ class WordTokenizer:
 
 
 def build_toy_clip(seed: int = 0):
+    """A seeded random toy CLIP (TOY_CLIP_CONFIG); open_clip imported here, as it takes seconds to import."""
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 

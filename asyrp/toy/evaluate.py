@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from .generator import FACTORS
 from . import oracle
+from .generator import FACTORS
 
 PRESERVE_IOU = 0.7
 

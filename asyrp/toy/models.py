@@ -4,6 +4,10 @@ Toy DDPM: a diffusers ``UNet2DModel`` for 32-px images, block_out_channels (32, 
 per level, attention in the middle block only (2.5 M parameters), h = 128 x 8 x 8; DDPM's linear
 1000-step schedule. Toy CLIP: a small ``open_clip.CLIP`` (ViT 4 layers, width 128, patch 4 on 32-px
 images; text transformer 3 layers) whose vocabulary is restricted to the captions' words.
+
+`toy_diffusion` and `load_toy_clip` are the built-ins ``offline:toy`` and ``offline:toy-clip`` of
+`asyrp.models.offline`, which names them as strings: this module imports `asyrp.models`, never the reverse.
+safetensors is imported where weights are read or written (the configs above need only torch).
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ import json
 from pathlib import Path
 
 import torch
+
+from ..models.clip import ClipModel
+from ..models.diffusion import DDPM_SCHEDULE, build_unet
+from ..models.errors import ModelLoadError
+from .clip_model import MEAN, STD, WordTokenizer, build_toy_clip
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DDPM_WEIGHTS = ASSETS / "ddpm.safetensors"
@@ -31,8 +40,7 @@ TOY_UNET_CONFIG = dict(
 
 
 def build_toy_unet(seed: int = 0):
-    from ..models.diffusion import build_unet
-
+    """The toy DDPM's UNet2DModel (TOY_UNET_CONFIG) with seeded random weights: what train_ddpm starts from."""
     return build_unet(TOY_UNET_CONFIG, seed)
 
 
@@ -58,8 +66,6 @@ def load_fp32(path: Path) -> tuple[dict, dict]:
 
 def _with_weights(module, path: Path, what: str, command: str):
     """``module`` with the fp16 safetensors at ``path`` loaded (as float32); a clear error when missing."""
-    from ..models.diffusion import ModelLoadError
-
     if not path.is_file():
         raise ModelLoadError(f"toy {what} weights {path} missing; train them: python -m {command}")
     state, _ = load_fp32(path)
@@ -73,10 +79,12 @@ def load_toy_unet(path: str | Path | None = None):
     return unet.eval()
 
 
-def load_toy_clip(path: str | Path | None = None, device="cpu"):
-    """The shipped toy CLIP as an `asyrp.models.clip.ClipModel` (word-level tokenizer, 32-px input)."""
-    from ..models.clip import ClipModel
-    from .clip_model import MEAN, STD, WordTokenizer, build_toy_clip
+def toy_diffusion(seed: int = 0) -> tuple:
+    """Built-in ``offline:toy``: (the shipped U-Net, DDPM's linear schedule). ``seed`` unused: trained weights."""
+    return load_toy_unet(), dict(DDPM_SCHEDULE)
 
+
+def load_toy_clip(device="cpu", path: str | Path | None = None) -> ClipModel:
+    """Built-in ``offline:toy-clip``: the shipped toy CLIP as a `ClipModel` (word-level tokenizer, 32-px input)."""
     model = _with_weights(build_toy_clip(), Path(path or CLIP_WEIGHTS), "CLIP", "asyrp.toy.train_clip --export")
     return ClipModel(model, WordTokenizer(), "offline:toy-clip", "toy", 32, MEAN, STD).to(device)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generator import FACTORS, render_shapes, shape_factors
 from .clip_model import MEAN, STD, TOY_CLIP_CONFIG, VOCAB, WordTokenizer, build_toy_clip
-from .models import CLIP_WEIGHTS, save_fp16
+from .generator import FACTORS, render_shapes, shape_factors
+from .models import CLIP_WEIGHTS, load_fp32, save_fp16
 from .train_ddpm import plot_loss
 
 TRAIN_SEED_BASE = 20_000
@@ -93,8 +93,6 @@ def train(args) -> None:
     torch.manual_seed(args.seed)
     model, tok = build_toy_clip(args.seed).train(), WordTokenizer()
     if args.init:  # continue from saved weights (fp16 safetensors; the optimiser state starts afresh)
-        from .models import load_fp32
-
         model.load_state_dict(load_fp32(Path(args.init))[0])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(args.seed)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generator import render_shapes, shape_factors
 from ..models.diffusion import DDPM_SCHEDULE, schedule_from_config
+from .generator import render_shapes, shape_factors
 from .models import DDPM_WEIGHTS, TOY_UNET_CONFIG, build_toy_unet, load_fp32, save_fp16
 
 TRAIN_SEED_BASE = 10_000
@@ -39,6 +39,7 @@ def shapes_batch(n: int, seed: int, size: int = 32) -> torch.Tensor:
 
 
 def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
+    """loss.csv -> loss.png; matplotlib imported here (optional for the library, slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")

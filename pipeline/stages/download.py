@@ -14,15 +14,15 @@ from pathlib import Path
 
 from asyrp.data.datasets import prepare_dataset
 
-from ..common import OUT, Paths, stage_main
+from ..common import OUT, Layout, stage_main
 from ..params import Params
 
 
 def dataset_source(params: Params) -> str | dict:
     """What `prepare_dataset` reads for the active profile."""
     ds = params.active_profile.dataset
-    if ds.source == "synthetic":
-        return "synthetic"
+    if ds.source in ("toy", "synthetic"):  # generated: never read from a folder
+        return ds.source
     folder = Path(ds.path or f"data/{ds.source}")
     if ds.source == "folder" or folder.is_dir():
         if not folder.is_dir():
@@ -32,16 +32,11 @@ def dataset_source(params: Params) -> str | dict:
 
 
 def run(params: Params, out: Path = OUT) -> dict:
-    inv = params.active_inversion
+    inv, folder = params.active_inversion, Layout(out).download.folder
     n_needed = inv.n_train_images + inv.n_test_images
     n_images = params.active_profile.dataset.n_images or n_needed
-    if params.active_profile.dataset.source == "toy":  # the toy world: shapes with known factors
-        from asyrp.toy.data import make_toy_dataset
-
-        report = make_toy_dataset(Paths(out).data, n_images, params.active_profile.model.image_size, inv.seed)
-        return {"images": report["written"], "skipped": 0, "needed": n_needed}
     report = prepare_dataset(
-        dataset_source(params), Paths(out).data, params.active_profile.model.image_size, n_images, seed=inv.seed
+        dataset_source(params), folder, params.active_profile.model.image_size, n_images, seed=inv.seed
     )
     n_ok = report.get("written", report.get("ok", 0) + report.get("converted", 0))
     return {"images": n_ok, "skipped": report.get("skipped", 0), "needed": n_needed}

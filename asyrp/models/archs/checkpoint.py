@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion import ModelLoadError
+from ..errors import ModelLoadError
 from .convert import ConversionError, convert_checkpoint, expected_shapes
 from .presets import PRESETS, ArchConfig, Preset, get_preset, preset_for_file
 

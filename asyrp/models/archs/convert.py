@@ -450,7 +450,8 @@ def save_diffusers(unet, arch: ArchConfig, schedule: dict, out: str | Path) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asyrp.models.archs.convert CHECKPOINT OUT [--preset NAME] [--sha256 HEX]``: write a diffusers folder."""
+    """``python -m asyrp.models.archs.convert CHECKPOINT OUT [--preset NAME] [--sha256 HEX]``: a diffusers folder."""
+    # checkpoint.py builds on this module; the CLI alone needs it back (moving the CLI would change its command)
     from .checkpoint import load_checkpoint
     from .presets import PRESETS
 
