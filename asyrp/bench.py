@@ -89,6 +89,7 @@ def step_paths(model, clip, batch: int, repeats: int) -> dict:
     """Times of the per-step paths, as ratios to one plain forward."""
     from .api import new_direction
     from .core.ddim import alpha_prod, ddim_step, pred_original_sample
+    from .core.hspace import asyrp_step
     from .core.losses import AsyrpLoss, LossConfig
 
     unet, dev = model.unet, model.unet.device
@@ -105,26 +106,21 @@ def step_paths(model, clip, batch: int, repeats: int) -> dict:
     with torch.inference_mode():
         state = unet.down(x, t)
 
-    def edit_step():
-        s = unet.down(x, t)
-        eps, eps_edit = unet.eps_pair(s, direction(s.h, t, s.emb))
-        return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
+    def edit_step():  # the step asyrp_generate runs
+        return asyrp_step(unet, x, t, direction, a_t, a_prev).prev_sample
 
     def naive_edit_step():  # two full passes, delta_h inserted by a hook (the official way)
         s = unet.down(x, t)
         eps_edit = unet.up(unet.down(x, t), s.h + direction(s.h, t, s.emb))
         return ddim_step(x, unet(x, t), a_t, a_prev, eps_edit=eps_edit)
 
-    def train_step():
-        with torch.no_grad():
-            s = unet.down(x, t)
-            eps = unet.up(s)
-        eps_edit = unet.up(s, s.h + direction(s.h, t, s.emb))
-        loss, _ = loss_fn(pred_original_sample(x, eps_edit, a_t), src_pred, src_emb)
+    def train_step():  # the step train_direction runs (asyrp_step with grad: eps_edit's graph into f_t)
+        step = asyrp_step(unet, x, t, direction, a_t, a_prev)
+        loss, _ = loss_fn(pred_original_sample(x, step.eps_edit, a_t), src_pred, src_emb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
+        return step.prev_sample
 
     def naive_train_step():
         with torch.no_grad():
@@ -181,7 +177,8 @@ def optimisations(model, batch: int, repeats: int, compile_: bool = False) -> di
 
 def _bulk_worker(model_id: str, n: int, batch: int, device: str, repeats: int, queue) -> None:
     """In a fresh process: bulk-invert n generated images; report time, peak RSS and bare-forward time."""
-    from .data.bulk import BulkInversion, invert_to_shards
+    from .core.config import BulkInversion
+    from .data.bulk import invert_to_shards
     from .data.datasets import make_shapes_dataset
     from .models.diffusion import load_diffusion
 

@@ -17,33 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
 
+from ..models.diffusion import DiffusionModel
+from .config import EditConfig
 from .ddim import alpha_prod, ddim_step, generation_pairs, timestep_grid
 from .directions import DeltaHTable, DirectionConfig, GlobalDirection
-from ..models.diffusion import DiffusionModel
+from .hspace import asyrp_step
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class EditConfig:
-    t_edit: int
-    t_boost: int
-    n_gen_steps: int = 40
-    spacing: str = "uniform"
-    eta_boost: float = 1.0
-    normalize_multi: bool = False  # official: delta_h / sqrt(n) for n directions
-    t_0: int | None = None  # inversion depth of x_T (None: T - 1, the paper's); must match the inversion's
-
-    def validate(self, num_train_timesteps: int = 1000) -> None:
-        if self.n_gen_steps < 2:
-            raise ValueError(f"n_gen_steps must be >= 2, got {self.n_gen_steps}")
-        top = num_train_timesteps - 1 if self.t_0 is None else self.t_0
-        if not 0 <= self.t_boost < self.t_edit <= top:
-            raise ValueError(f"need 0 <= t_boost < t_edit <= t_0={top}, got {self.t_boost=}, {self.t_edit=}")
 
 
 @dataclass
@@ -64,13 +49,16 @@ def per_image_noise(shape, seeds: Sequence[int], step: int, device, dtype) -> Te
     return torch.stack(out).to(device=device, dtype=dtype)
 
 
-def _delta_h(directions: list[EditDirection], state, t: int, n_gen_steps: int, normalize_multi: bool) -> Tensor:
-    total = torch.zeros_like(state.h)
+def _delta_h(
+    directions: list[EditDirection], n_gen_steps: int, normalize_multi: bool, h: Tensor, t: int, emb: Tensor
+) -> Tensor:
+    """delta_h = (S_train / S_gen) sum_i c_i f^i_t(h) (Sec. 3.4); h (B, C, h, w), emb (B, D) -> (B, C, h, w)."""
+    total = torch.zeros_like(h)
     for d in directions:
-        c = torch.as_tensor(d.coefficient, dtype=state.h.dtype, device=state.h.device)
+        c = torch.as_tensor(d.coefficient, dtype=h.dtype, device=h.device)
         c = c.view(-1, 1, 1, 1) if c.ndim == 1 else c
         scale = d.config.n_train_steps / n_gen_steps
-        total = total + c * scale * d.module(state.h, t, state.emb)
+        total = total + c * scale * d.module(h, t, emb)
     if normalize_multi and len(directions) > 1:
         total = total / math.sqrt(len(directions))
     return total
@@ -93,14 +81,12 @@ def asyrp_generate(
         raise ValueError(f"got {len(seeds)} seeds for {x_T.shape[0]} images")
     timesteps = timestep_grid(config.n_gen_steps, model.num_train_timesteps, config.spacing, config.t_0)
     active = [d for d in directions if torch.as_tensor(d.coefficient).abs().sum() > 0]
+    delta_h = partial(_delta_h, active, config.n_gen_steps, config.normalize_multi)  # (h, t, emb) -> delta_h
     x = x_T.to(unet.device)
     for step, (t, t_prev) in enumerate(generation_pairs(timesteps)):
         a_t, a_prev = alpha_prod(ac, t), alpha_prod(ac, t_prev)
-        if t >= config.t_edit and active:  # phase 1: one down pass, two up passes (HUNet.eps_pair)
-            state = unet.down(x, t)
-            delta_h = _delta_h(active, state, t, config.n_gen_steps, config.normalize_multi)
-            eps, eps_edit = unet.eps_pair(state, delta_h)
-            x = ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit)
+        if t >= config.t_edit and active:  # phase 1: the asymmetric step, one down pass and two up passes
+            x = asyrp_step(unet, x, t, delta_h, a_t, a_prev).prev_sample
             phase = "edit"
         elif t >= config.t_boost:  # phase 2: plain pass, deterministic
             x = ddim_step(x, unet(x, t), a_t, a_prev)

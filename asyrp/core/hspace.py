@@ -4,6 +4,7 @@ h_t is the output of the middle block, the bottleneck that no skip connection to
 (512 x 8 x 8 for the 256-px DDPM checkpoints). ``eps(x_t | delta_h)`` runs the up path on
 ``h + delta_h`` with the *same* skip activations and time embedding. So eps and eps(. | delta_h) need
 the down path once and the up path twice, and the two up passes are batched into one call.
+``asyrp_step`` is the asymmetric reverse step (Eq. 8) that editing, training and the analyses share.
 
 The split mirrors ``UNet2DModel.forward`` of diffusers 0.42 line for line; ``tests/test_hspace.py``
 checks that ``up(down(x))`` equals ``unet(x, t).sample`` on several configurations.
@@ -12,12 +13,18 @@ checks that ``up(down(x))`` equals ``unet(x, t).sample`` on several configuratio
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .ddim import ddim_step
+
 Tensor = torch.Tensor
+DeltaHFn = Callable[[Tensor, int, Tensor], Tensor]
+"""delta_h_fn(h, t, emb) -> delta_h, the signature of a direction f_t: h (B, C, h, w), emb (B, D) -> (B, C, h, w)."""
 
 
 @dataclass
@@ -159,6 +166,33 @@ class HUNet(nn.Module):
         b = state.h.shape[0]
         eps = self.up(state.repeat(2), torch.cat([state.h, h_edit]))
         return eps[:b], eps[b:]
+
+
+class AsyrpStep(NamedTuple):
+    """What one asymmetric step computes: x_{t-1}, eps, eps(. | delta_h) (B, C, H, W) and delta_h (B, C, h, w)."""
+
+    prev_sample: Tensor
+    eps: Tensor
+    eps_edit: Tensor  # with a graph into delta_h when grad is enabled (training), for the loss on P_t(eps_edit)
+    delta_h: Tensor
+
+
+def asyrp_step(
+    unet: HUNet, sample: Tensor, t: int, delta_h_fn: DeltaHFn, alpha_prod_t: float, alpha_prod_t_prev: float
+) -> AsyrpStep:
+    """x_{t-1} = sqrt(a_{t-1}) P_t(eps(x_t | delta_h)) + D_t(eps(x_t)), one down pass, two up passes (Eq. 8, eta 0)."""
+    with torch.no_grad():  # the U-Net is frozen and delta_h sits after the mid block: no graph before h
+        state = unet.down(sample, t)
+    delta_h = delta_h_fn(state.h, t, state.emb)
+    if torch.is_grad_enabled():  # training (Algorithm 2): a graph through the edited up pass into delta_h only
+        with torch.no_grad():
+            eps = unet.up(state)
+        eps_edit = unet.up(state, state.h + delta_h)
+    else:  # editing: both up passes at once where that is faster (eps_pair)
+        eps, eps_edit = unet.eps_pair(state, delta_h)
+    with torch.no_grad():  # the next x_t is data, not part of the graph
+        prev = ddim_step(sample, eps, alpha_prod_t, alpha_prod_t_prev, eps_edit=eps_edit.detach())
+    return AsyrpStep(prev, eps, eps_edit, delta_h)
 
 
 def check_image_batch(x: Tensor, model: HUNet, name: str = "images") -> None:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .ddim import alpha_prod, ddim_step, generation_pairs, pred_original_sample, timestep_grid
-from .losses import AsyrpLoss
 from ..models.diffusion import DiffusionModel
+from .config import TrainConfig
+from .ddim import alpha_prod, ddim_step, generation_pairs, pred_original_sample, timestep_grid
+from .hspace import asyrp_step
+from .losses import AsyrpLoss
 
 Tensor = torch.Tensor
 
@@ -43,38 +45,6 @@ class TrainBatch:
     x0: Tensor | None = None
     ids: list[str] = field(default_factory=list)
     source_prompts: list[str] | None = None
-
-
-@dataclass
-class TrainConfig:
-    t_edit: int
-    n_train_steps: int = 40  # S: size of the generative grid used in training
-    spacing: str = "uniform"
-    t_0: int | None = None  # inversion depth of x_T (None: T - 1); the editing interval is [t_0, t_edit]
-    epochs: int = 1
-    optimizer: str = "sgd"  # official: SGD lr 0.5, momentum 0, StepLR(20, 0.9)
-    lr: float = 0.5
-    momentum: float = 0.0
-    lr_step_size: int = 20
-    lr_gamma: float = 0.9
-    step_per: str = "timestep"  # "timestep" (official: one optimiser step per t) or "trajectory"
-    seed: int = 0
-    # Keep computed source trajectories in memory for later epochs (None: only when epochs > 1). At paper
-    # scale that is ~0.8 MB per image and step: prefer the invert stage's cache (TrainBatch.source_pred).
-    cache_sources: bool | None = None
-
-    def validate(self, num_train_timesteps: int) -> None:
-        if self.n_train_steps < 2:
-            raise ValueError(f"n_train_steps must be >= 2, got {self.n_train_steps}")
-        top = num_train_timesteps - 1 if self.t_0 is None else self.t_0
-        if not 0 <= self.t_edit <= top:
-            raise ValueError(f"t_edit must be in [0, t_0={top}], got {self.t_edit}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.step_per not in ("timestep", "trajectory"):
-            raise ValueError(f"step_per must be 'timestep' or 'trajectory', got {self.step_per!r}")
-        if self.lr <= 0 or self.epochs < 1:
-            raise ValueError("lr must be > 0 and epochs >= 1")
 
 
 def edit_interval(timesteps: Tensor, t_edit: int) -> list[tuple[int, int]]:
@@ -217,13 +187,10 @@ def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, sr
         opt.zero_grad(set_to_none=True)
     for t, t_prev in interval:
         a_t, a_prev = alpha_prod(model.alphas_cumprod, t), alpha_prod(model.alphas_cumprod, t_prev)
+        step = asyrp_step(unet, x, t, direction, a_t, a_prev)  # eps_edit keeps its graph into f_t
         with torch.no_grad():
-            state = unet.down(x, t)
-            eps = unet.up(state)
             emb_src = src_emb if src_emb is not None else loss_fn.source_embedding(src_pred[t])
-        delta_h = direction(state.h, t, state.emb)
-        eps_edit = unet.up(state, state.h + delta_h)
-        p_edit = pred_original_sample(x, eps_edit, a_t)
+        p_edit = pred_original_sample(x, step.eps_edit, a_t)
         loss, s = loss_fn(p_edit, src_pred[t], emb_src, text_dir)
         if per_traj:
             (loss / len(interval)).backward()
@@ -235,11 +202,10 @@ def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, sr
         s.update(
             t=t,
             lr=opt.param_groups[0]["lr"],
-            delta_h_norm=delta_h.detach().flatten(1).norm(dim=1).mean().item(),
+            delta_h_norm=step.delta_h.detach().flatten(1).norm(dim=1).mean().item(),
         )
         stats.append(s)
-        with torch.no_grad():
-            x = ddim_step(x, eps, a_t, a_prev, eps_edit=eps_edit.detach())
+        x = step.prev_sample  # the edited trajectory drives the next step (detached)
     if per_traj:
         opt.step()
         sched.step()
