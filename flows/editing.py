@@ -10,7 +10,7 @@ from prefect import task
 
 from asyrp.api import invert
 from asyrp.core.directions import check_compatible
-from asyrp.core.edit import EditConfig, EditDirection, asyrp_generate
+from asyrp.core.edit import EditDirection, asyrp_generate
 from asyrp.data.images import load_images, save_images
 from pipeline.tracking import load_registered_direction
 
@@ -54,15 +54,7 @@ def edit_chunk_task(
         dirs.append(EditDirection(module, cfg, c))
     first = dirs[0].config
     inv, ed = params.active_inversion, params.active_edit
-    cfg = EditConfig(
-        first.t_edit,
-        first.t_boost,
-        n_gen_steps or ed.n_gen_steps,
-        inv.spacing,
-        ed.eta_boost,
-        ed.normalize_multi,
-        first.t_0,
-    )
+    cfg = params.edit_config(first.t_edit, first.t_boost, first.t_0, n_gen_steps=n_gen_steps or ed.n_gen_steps)
     x0 = load_images(files, model.image_size).to(model.unet.device)
     x_T = invert(model, x0, inv.n_inv_steps, inv.spacing, t_0=first.t_0)
     seeds = [image_seed(ed.seed, Path(f).stem) for f in files]

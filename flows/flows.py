@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import tracking
+from pipeline.layout import Layout
 from pipeline.params import ParamsError, params_from_dict
 
 from .editing import edit_chunk_task, list_images_for
@@ -108,7 +109,7 @@ def _check_new(data: dict, name: str, source: str, target: str, out: str, overwr
         problems.append("target: the target prompt is empty")
     if source.strip().lower() == target.strip().lower():
         problems.append("target: must differ from the source prompt")
-    exists = name in data["catalog"].get(data["profile"], {}) or (Path(out) / "attributes" / name).exists()
+    exists = name in data["catalog"].get(data["profile"], {}) or Layout(out).attribute(name).exists()
     if exists and not overwrite:
         problems.append(
             f"name: attribute {name!r} already exists for profile {data['profile']!r} "

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -19,9 +20,10 @@ from pathlib import Path
 from prefect import task
 
 from pipeline import tracking
-from pipeline.stages import download, edit, evaluate, invert, report, schedule, train
-from pipeline.common import Paths, load_model
+from pipeline.common import load_model
+from pipeline.layout import Layout
 from pipeline.params import Params, params_from_dict
+from pipeline.stages import download, edit, evaluate, invert, report, schedule, train
 
 
 @lru_cache(maxsize=4)
@@ -54,11 +56,14 @@ def pin_threads() -> None:
         torch.set_num_threads(int(n))
 
 
+Inputs = Callable[[Layout], tuple[Path, ...]]  # the input files whose content a cache key includes
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
 
 
-def _key(stage: str, params_json: str, out: str, keys: tuple[str, ...], files: tuple[str, ...]) -> str:
+def _key(stage: str, params_json: str, out: str, keys: tuple[str, ...], files: Inputs) -> str:
     p = params_of(params_json)
     blocks = {
         "profile": p.active_profile.model_dump(),
@@ -67,11 +72,11 @@ def _key(stage: str, params_json: str, out: str, keys: tuple[str, ...], files: t
         "train": p.active_train.model_dump(),
     }
     picked = {k: blocks[k] for k in keys}
-    blob = json.dumps([stage, picked, [_sha(Path(out) / f) for f in files]], sort_keys=True, default=str)
+    blob = json.dumps([stage, picked, [_sha(f) for f in files(Layout(out))]], sort_keys=True, default=str)
     return f"asyrp-{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
-def _cache(stage: str, keys: tuple[str, ...], files: tuple[str, ...] = ()):
+def _cache(stage: str, keys: tuple[str, ...], files: Inputs = lambda lay: ()):
     def key_fn(context, arguments: dict) -> str:
         return _key(stage, arguments["params_json"], arguments["out"], keys, files)
 
@@ -101,7 +106,7 @@ def invert_shard_task(params_json: str, out: str, split: str, shard: int) -> str
 
 @task(
     name="invert-finish",
-    cache_key_fn=_cache("invert", ("profile", "inversion", "train"), ("data/manifest.csv",)),
+    cache_key_fn=_cache("invert", ("profile", "inversion", "train"), lambda lay: (lay.download.manifest,)),
     **CACHED,
 )
 def invert_finish_task(params_json: str, out: str, shards_done: list[str] | None = None) -> dict:
@@ -110,7 +115,9 @@ def invert_finish_task(params_json: str, out: str, shards_done: list[str] | None
 
 
 @task(
-    name="schedule", cache_key_fn=_cache("schedule", ("profile", "schedule"), ("latents/train/_index.json",)), **CACHED
+    name="schedule",
+    cache_key_fn=_cache("schedule", ("profile", "schedule"), lambda lay: (lay.invert.index("train"),)),
+    **CACHED,
 )
 def schedule_task(params_json: str, out: str) -> dict:
     return schedule.run(params_of(params_json), Path(out))
@@ -148,10 +155,10 @@ def report_task(params_json: str, out: str, evaluated: list | None = None) -> di
 
 def outputs_present(out: str, stage: str) -> bool:
     """Whether a cached dataset-level result still has its files (else the flow refreshes the cache)."""
-    paths = Paths(out)
+    lay = Layout(out)
     files = {
-        "download": [paths.data / "manifest.csv"],
-        "invert": [paths.split("train") / "_index.json", paths.split("test") / "_index.json"],
-        "schedule": [paths.schedule / "curves.csv", paths.schedule / "metrics.json"],
+        "download": [lay.download.manifest],
+        "invert": [lay.invert.index("train"), lay.invert.index("test")],
+        "schedule": [lay.schedule.curves_csv, lay.schedule.metrics_json],
     }[stage]
     return all(f.exists() for f in files)

@@ -1,4 +1,4 @@
-"""Shared plumbing of the stage scripts: paths, loading models from a profile, JSON/CSV/plots, errors.
+"""Shared plumbing of the stage scripts: loading models from a profile, JSON/CSV/plots, errors.
 
 Every stage module exposes ``run(params, out=OUT, ...) -> dict`` (called by DVC through ``main`` and by
 the Prefect flows directly) and ``main()`` for ``python -m pipeline.<stage>``.
@@ -14,16 +14,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from asyrp.core.schedule import LpipsCurves
 from asyrp.models.clip import ClipModel, load_clip
 from asyrp.models.diffusion import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
 from asyrp.models.perceptual import Perceptual, load_lpips
 
-from .io import OUT, Paths, _jsonable, read_csv, read_json, write_csv, write_json
+from .io import OUT, Layout, _jsonable, read_csv, read_json, write_csv, write_json, write_metrics
 from .params import Params, ParamsError, load_params
 
-__all__ = ["OUT", "Paths", "read_csv", "read_json", "write_csv", "write_json"]  # re-exported from .io
+__all__ = ["OUT", "Layout", "read_csv", "read_json", "write_csv", "write_json", "write_metrics"]  # from .io
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,6 +56,28 @@ def load_eval_clip(params: Params, device) -> ClipModel:
 def load_metric_lpips(params: Params, device) -> Perceptual:
     spec = params.active_profile.lpips
     return load_lpips(spec.net, spec.allow_random_backbone, device)
+
+
+def load_curves(out: Path = OUT) -> LpipsCurves:
+    """The LPIPS curves written by stage `schedule` (read by train@<attribute>)."""
+    sched = Layout(out).schedule
+    rows, metrics = read_csv(sched.curves_csv), read_json(sched.metrics_json)
+    col = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
+    return LpipsCurves(
+        col("t"), col("lpips_pred_x0"), col("lpips_xt"), metrics["n_images"], metrics["lpips_is_paper_metric"]
+    )
+
+
+def per_image_prompts(template: str, rows: dict[str, dict], ids: list[str]) -> list[str]:
+    """``template`` ("a {colour} shape") filled from each image's manifest row (train@, toy_analysis)."""
+    try:
+        return [template.format(**rows[i]) for i in ids]
+    except (KeyError, IndexError, ValueError) as exc:
+        columns = sorted(next(iter(rows.values()), {}))
+        raise ValueError(
+            f"source_per_image {template!r} cannot be filled from the dataset's manifest.csv ({exc!r}); "
+            f"its columns: {columns}"
+        ) from None
 
 
 def line_plot(

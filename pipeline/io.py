@@ -1,4 +1,5 @@
-"""Paths and file helpers of the stage scripts, without torch (what the MLflow drainer needs, cheaply)."""
+"""File helpers of the stage scripts, and their output layout (pipeline.layout), without torch (what the MLflow
+drainer needs, cheaply)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-OUT = Path("outputs")
+from .layout import OUT, Layout
 
-
-class Paths:
-    """Where each stage writes, under one root (``outputs/`` for DVC)."""
-
-    def __init__(self, root: Path | str = OUT):
-        self.root = Path(root)
-        self.data = self.root / "data"
-        self.latents = self.root / "latents"
-        self.schedule = self.root / "schedule"
-        self.report = self.root / "report"
-
-    def split(self, name: str) -> Path:
-        return self.latents / name
-
-    def attribute(self, name: str) -> Path:
-        return self.root / "attributes" / name
+__all__ = ["OUT", "Layout", "read_csv", "read_json", "write_csv", "write_json", "write_metrics"]
 
 
 def write_json(path: Path, obj) -> None:
@@ -34,6 +20,21 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
     tmp.replace(path)
+
+
+def write_metrics(path: Path, headline_path: Path, metrics: dict, keys: Sequence[str]) -> dict:
+    """Write a stage's full metrics JSON and its headline: the values at ``keys`` (dotted paths into nested
+    dicts), the few numbers ``dvc metrics show`` prints side by side. A key the metrics lack is left out."""
+    write_json(path, metrics)
+    headline = {}
+    for key in keys:
+        value = metrics
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            headline[key] = value
+    write_json(headline_path, headline)
+    return headline
 
 
 def _jsonable(x):

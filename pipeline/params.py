@@ -13,9 +13,10 @@ import difflib
 import re
 import sys
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +29,18 @@ from pydantic import (
     ValidationError,
     create_model,
     model_validator,
+)
+
+from asyrp.core.config import (
+    BulkInversion,
+    EditConfig,
+    LossConfig,
+    TrainConfig,
+    build,
+    check_depth,
+    check_interval,
+    constraints,
+    lambda_recon_auto,
 )
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # usable as a DVC foreach key and a file name
@@ -78,8 +91,7 @@ class PaperRow(Strict):
 
     @model_validator(mode="after")
     def _order(self) -> "PaperRow":
-        if self.t_boost >= self.t_edit:
-            raise ValueError(f"t_boost ({self.t_boost}) must be < t_edit ({self.t_edit})")
+        check_interval(self.t_edit, self.t_boost)
         return self
 
 
@@ -109,7 +121,7 @@ class AttributeSpec(Strict):
 
     def lambda_recon_for(self, clip_cosine: float) -> float:
         """The L1 weight: the fixed number, or 3 x the prompts' CLIP cosine similarity for ``auto``."""
-        return 3.0 * clip_cosine if self.lambda_recon == "auto" else float(self.lambda_recon)
+        return lambda_recon_auto(clip_cosine) if self.lambda_recon == "auto" else float(self.lambda_recon)
 
     @property
     def trains_from_noise(self) -> bool:
@@ -157,27 +169,51 @@ class SegmenterSpec(Strict):
 # --- stage blocks ------------------------------------------------------------------------------------
 
 
-class Inversion(Strict):
-    n_inv_steps: Steps
-    spacing: Literal["uniform", "linspace", "leading", "trailing"]
-    n_train_images: PosInt
-    n_test_images: PosInt
-    seed: Seed
-    batch_size: PosInt
-    shard_size: PosInt
-    dtype: Literal["float32", "float64", "bfloat16", "float16"]
-    # P_t^source of every training image is cached for grid t >= cache_min_t (Table 2's smallest t_edit
-    # is 301): training then skips a whole U-Net pass per step. Lower attributes recompute it.
-    cache_min_t: Timestep = 300
-    # Inversion depth: x_T is x_{t_0} and the editing interval is [t_0, t_edit] (the official code's
-    # --t_0; the paper inverts fully, t_0 = T - 1 = null). A partial inversion keeps the layout in x_{t_0}.
-    t_0: Timestep | None = None
+def _block(name: str, doc: str, keys: dict[str, Any], base: type[BaseModel] | None = None) -> type[BaseModel]:
+    """A params block whose keys ARE asyrp.core.config settings where ``keys`` names a config dataclass.
 
+    keys: key -> a config dataclass (its type, choices and bounds; required here), or the block's own
+    ``(type, default)`` (``...`` = required). Bounds live in one place: the dataclass's ``setting(...)``.
+    """
+    fields = {}
+    for key, spec in keys.items():
+        if isinstance(spec, tuple):
+            fields[key] = spec
+            continue
+        choices, bounds = constraints({f.name: f for f in dataclass_fields(spec)}[key])
+        tp = Literal[choices] if choices else get_type_hints(spec)[key]
+        fields[key] = (Annotated[tp, Field(**bounds)] if bounds else tp, ...)
+    return create_model(name, __base__=base or Strict, __doc__=doc, **fields)
+
+
+class _DepthRule(Strict):
     @model_validator(mode="after")
-    def _t_0_spacing(self) -> "Inversion":
-        if self.t_0 is not None and self.spacing not in ("uniform", "linspace"):
-            raise ValueError(f"t_0 needs spacing uniform or linspace, got {self.spacing!r}")
+    def _t_0_spacing(self) -> "_DepthRule":
+        check_depth(self.t_0, self.spacing)
         return self
+
+
+Inversion = _block(
+    "Inversion",
+    "DDIM inversion of the dataset into latent shards (asyrp.core.config.BulkInversion).",
+    {
+        "n_inv_steps": BulkInversion,
+        "spacing": BulkInversion,
+        "n_train_images": (PosInt, ...),
+        "n_test_images": (PosInt, ...),
+        "seed": (Seed, ...),
+        "batch_size": BulkInversion,
+        "shard_size": BulkInversion,
+        "dtype": (Literal["float32", "float64", "bfloat16", "float16"], ...),
+        # P_t^source of every training image is cached for grid t >= cache_min_t (Table 2's smallest t_edit
+        # is 301): training then skips a whole U-Net pass per step. Lower attributes recompute it.
+        "cache_min_t": (Timestep, 300),
+        # Inversion depth: x_T is x_{t_0} and the editing interval is [t_0, t_edit] (the official code's
+        # --t_0; the paper inverts fully, t_0 = T - 1 = null). A partial inversion keeps the layout in x_{t_0}.
+        "t_0": (Timestep | None, None),
+    },
+    _DepthRule,
+)
 
 
 class TOverride(Strict):
@@ -190,8 +226,8 @@ class TOverride(Strict):
     def _order(self) -> "TOverride":
         if self.t_edit is None and self.t_boost is None:
             raise ValueError("give t_edit, t_boost or both")
-        if self.t_edit is not None and self.t_boost is not None and self.t_boost >= self.t_edit:
-            raise ValueError(f"t_boost ({self.t_boost}) must be < t_edit ({self.t_edit})")
+        if self.t_edit is not None and self.t_boost is not None:
+            check_interval(self.t_edit, self.t_boost)
         return self
 
 
@@ -206,31 +242,40 @@ class Schedule(Strict):
     t_edit_default: Timestep | None = None
 
 
-class Train(Strict):
-    optimizer: Literal["sgd", "adam"]
-    lr: PosFloat
-    momentum: float = Field(ge=0, lt=1)
-    lr_step_size: PosInt
-    lr_gamma: float = Field(gt=0, le=1)
-    epochs: PosInt
-    n_train_steps: Steps
-    batch_size: PosInt
-    step_per: Literal["timestep", "trajectory"]
-    direction: Literal["official", "concat", "delta_h_t", "global"]
-    loss_form: Literal["log", "one_minus_cos"]
-    clip_source: Literal["x0", "p_t"]
-    templates: Literal["imagenet", "none"]
-    seed: Seed
+Train = _block(
+    "Train",
+    "Algorithm 2 (asyrp.core.config.TrainConfig and the loss's choices in LossConfig) and the f_t kind.",
+    {
+        "optimizer": TrainConfig,
+        "lr": TrainConfig,
+        "momentum": TrainConfig,
+        "lr_step_size": TrainConfig,
+        "lr_gamma": TrainConfig,
+        "epochs": TrainConfig,
+        "n_train_steps": TrainConfig,
+        "batch_size": (PosInt, ...),
+        "step_per": TrainConfig,
+        "direction": (Literal["official", "concat", "delta_h_t", "global"], ...),
+        "loss_form": LossConfig,
+        "clip_source": LossConfig,
+        "templates": (Literal["imagenet", "none"], ...),
+        "seed": TrainConfig,
+    },
+)
 
-
-class Edit(Strict):
-    n_gen_steps: Steps
-    coefficients: list[float] = Field(min_length=1)
-    sweep: list[float] = Field(min_length=1)
-    eta_boost: float = Field(ge=0, le=1)
-    n_images: PosInt
-    seed: Seed
-    normalize_multi: bool
+Edit = _block(
+    "Edit",
+    "Algorithm 1 (asyrp.core.config.EditConfig), the coefficients and what edit@ writes.",
+    {
+        "n_gen_steps": EditConfig,
+        "coefficients": (list[float], Field(min_length=1)),
+        "sweep": (list[float], Field(min_length=1)),
+        "eta_boost": EditConfig,
+        "n_images": (PosInt, ...),
+        "seed": (Seed, ...),
+        "normalize_multi": EditConfig,
+    },
+)
 
 
 class ScSpec(Strict):
@@ -496,6 +541,24 @@ class Params(Strict):
     @property
     def active_evaluate(self) -> Evaluate:
         return self.blocks().evaluate
+
+    # --- the library's configs, built from the blocks by field name (asyrp.core.config.build) ------------
+
+    def train_config(self, t_edit: int) -> TrainConfig:
+        """Algorithm 2's settings for this t_edit: the train block, the inversion's grid spacing and depth."""
+        return build(TrainConfig, self.active_train, self.active_inversion, t_edit=t_edit)
+
+    def loss_config(self, attr: str) -> LossConfig:
+        """Eq. 7's settings for one attribute: its lambdas, the train block's loss form, CLIP source, templates."""
+        spec, tr = self.attribute(attr), self.active_train
+        lambda_recon = None if spec.lambda_recon == "auto" else float(spec.lambda_recon)
+        return build(LossConfig, spec, tr, lambda_recon=lambda_recon, templates=tr.templates == "imagenet")
+
+    def edit_config(self, t_edit: int, t_boost: int, t_0: int | None, **values: Any) -> EditConfig:
+        """Algorithm 1's settings for this interval: the edit block, the inversion's spacing; ``values`` override."""
+        return build(
+            EditConfig, self.active_edit, self.active_inversion, t_edit=t_edit, t_boost=t_boost, t_0=t_0, **values
+        )
 
     def summary(self) -> str:
         """One line: profile, model, attributes, sizes."""

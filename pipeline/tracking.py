@@ -35,9 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .io import OUT, Paths, read_csv, read_json
+from .io import OUT, Layout, read_csv, read_json
 from .params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def git_commit() -> str:
 
 def data_version(out: Path) -> str:
     """Content hash of the prepared dataset's manifest (the images' sha256s): changes iff the data does."""
-    manifest = Paths(out).data / "manifest.csv"
+    manifest = Layout(out).download.manifest
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else "none"
 
 
@@ -161,7 +163,7 @@ def log_stage(
         tags[TAG + "attribute"] = attribute
     for k, v in tags.items():
         c.set_tag(run, k, v)
-    _log_outputs(c, run, params, stage, attribute, Paths(out), register)
+    _log_outputs(c, run, params, stage, attribute, Layout(out), register)
     return run
 
 
@@ -172,28 +174,56 @@ def _params(c, run: str, values: dict) -> None:
             c.log_param(run, k, v)
 
 
-def _log_outputs(c, run, params: Params, stage: str, attribute, paths: Paths, register: bool) -> None:
-    if stage == "invert":
-        c.log_batch(run, metrics=_metrics(read_json(paths.root / "invert" / "metrics.json"), "invert."))
-    elif stage == "schedule":
-        c.log_batch(run, metrics=_metrics(read_json(paths.schedule / "metrics.json"), "schedule."))
-        c.log_artifact(run, str(paths.schedule / "curves.png"), "schedule")
-    elif stage == "train":
-        _log_train(c, run, params, attribute, paths, register)
-    elif stage == "edit":
-        for f in ("grid.png", "strip.png"):
-            c.log_artifact(run, str(paths.attribute(attribute) / "edit" / f), "edit")
-    elif stage in ("evaluate", "toy_eval"):
-        for name in _metric_folders(stage):
-            folder = paths.attribute(attribute) / name
-            c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), ""))
-            if (folder / "grid.png").exists():  # the oracle's grid: toy profiles only
-                c.log_artifact(run, str(folder / "grid.png"), name)
+@dataclass(frozen=True)
+class Logged:
+    """What `log_stage` logs of one stage run: JSON metrics (file, metric-name prefix), artifacts (file,
+    artifact folder; ``optional`` ones only where the profile writes them) and other files it reads."""
+
+    metrics: tuple[tuple[Path, str], ...] = ()
+    artifacts: tuple[tuple[Path, str], ...] = ()
+    optional: tuple[tuple[Path, str], ...] = ()
+    reads: tuple[Path, ...] = ()
+
+    def files(self) -> list[Path]:
+        return [f for f, _ in self.metrics + self.artifacts + self.optional] + list(self.reads)
 
 
-def _metric_folders(stage: str) -> list[str]:
-    """Folders of an evaluation stage's metrics: evaluate@ also writes the oracle's (toy_eval/)."""
-    return ["evaluate", "toy_eval"] if stage == "evaluate" else ["toy_eval"]
+def _train(t) -> Logged:
+    artifacts = ((t.loss_png, "train"), (t.direction_weights, "direction"), (t.direction_config, "direction"))
+    return Logged(((t.metrics_json, "train."),), artifacts, reads=(t.schedule_json, t.loss_csv))
+
+
+# The one table of what each stage logs: both `log_stage` and the queue (`stage_files`) read it.
+# Stages not in it (download, study, toy_analysis, report) log their tags only.
+LOGGED: dict[str, Callable[[Layout, str | None], Logged]] = {
+    "invert": lambda lay, a: Logged(metrics=((lay.invert.metrics_json, "invert."),)),
+    "schedule": lambda lay, a: Logged(
+        ((lay.schedule.metrics_json, "schedule."),), ((lay.schedule.curves_png, "schedule"),)
+    ),
+    "train": lambda lay, a: _train(lay.train(a)),
+    "edit": lambda lay, a: Logged(artifacts=((lay.edit(a).grid, "edit"), (lay.edit(a).strip, "edit"))),
+    "evaluate": lambda lay, a: Logged(  # S_dir, SC, LPIPS, and the toy oracle's verdict (a 'skipped' note elsewhere)
+        ((lay.evaluate(a).metrics_json, ""), (lay.evaluate(a).oracle.metrics_json, "")),
+        optional=((lay.evaluate(a).oracle.grid, "toy_eval"),),
+    ),
+}  # fmt: skip
+
+
+def logged(stage: str, attribute: str | None, lay: Layout) -> Logged:
+    return LOGGED[stage](lay, attribute) if stage in LOGGED else Logged()
+
+
+def _log_outputs(c, run, params: Params, stage: str, attribute, lay: Layout, register: bool) -> None:
+    what = logged(stage, attribute, lay)
+    if stage == "train":  # params first: write-once, and the registry needs the direction artifacts below
+        _log_train(c, run, params, attribute, lay.train(attribute))
+    for f, prefix in what.metrics:
+        c.log_batch(run, metrics=_metrics(read_json(f), prefix))
+    for f, folder in what.artifacts + tuple(a for a in what.optional if a[0].exists()):
+        c.log_artifact(run, str(f), folder)
+    if stage == "train" and register:
+        spec = params.attribute(attribute)
+        register_direction(c, run, f"asyrp-{params.profile}-{attribute}", spec.source, spec.target)
 
 
 def _metrics(values: dict, prefix: str, step: int = 0):
@@ -205,12 +235,12 @@ def _metrics(values: dict, prefix: str, step: int = 0):
     return [Metric(prefix + k, v, now, step) for k, v in _flat("", values, {}).items()]
 
 
-def _log_train(c, run, params: Params, attribute: str, paths: Paths, register: bool) -> None:
+def _log_train(c, run, params: Params, attribute: str, trained) -> None:
+    """train@'s params (prompts, lambdas, schedule, optimiser) and its loss per step."""
     from mlflow.entities import Metric
 
-    folder = paths.attribute(attribute) / "train"
-    spec, tr, sched = params.attribute(attribute), params.active_train, read_json(folder / "schedule.json")
-    dcfg = read_json(folder / "direction.json")
+    spec, tr, sched = params.attribute(attribute), params.active_train, read_json(trained.schedule_json)
+    dcfg = read_json(trained.direction_config)
     _params(
         c,
         run,
@@ -235,7 +265,7 @@ def _log_train(c, run, params: Params, attribute: str, paths: Paths, register: b
             "t_0": params.active_inversion.t_0 if params.active_inversion.t_0 is not None else "T-1",
         },
     )
-    rows = read_csv(folder / "loss.csv")
+    rows = read_csv(trained.loss_csv)
     for start in range(0, len(rows), 900):  # log_batch takes at most 1000 metrics
         c.log_batch(
             run,
@@ -245,12 +275,6 @@ def _log_train(c, run, params: Params, attribute: str, paths: Paths, register: b
                 for k in ("loss", "clip", "recon")
             ],
         )
-    c.log_batch(run, metrics=_metrics(read_json(folder / "metrics.json"), "train."))
-    c.log_artifact(run, str(folder / "loss.png"), "train")
-    for f in ("direction.safetensors", "direction.json"):
-        c.log_artifact(run, str(folder / f), "direction")
-    if register:
-        register_direction(c, run, f"asyrp-{params.profile}-{attribute}", spec.source, spec.target)
 
 
 def register_direction(c, run: str, name: str, source: str, target: str) -> int:
@@ -280,23 +304,9 @@ def async_enabled() -> bool:
     return os.environ.get("ASYRP_MLFLOW_ASYNC", "1").lower() not in ("0", "false", "no", "off")
 
 
-def stage_files(stage: str, attribute: str | None, paths: Paths) -> list[Path]:
+def stage_files(stage: str, attribute: str | None, lay: Layout) -> list[Path]:
     """Every file `log_stage` reads for ``stage`` (what a queued job copies; missing ones are skipped)."""
-    files = [paths.data / "manifest.csv"]  # data_version
-    if stage == "invert":
-        files.append(paths.root / "invert" / "metrics.json")
-    elif stage == "schedule":
-        files += [paths.schedule / "metrics.json", paths.schedule / "curves.png"]
-    elif stage == "train":
-        folder = paths.attribute(attribute) / "train"
-        names = ("schedule.json", "direction.json", "direction.safetensors", "loss.csv", "metrics.json", "loss.png")
-        files += [folder / f for f in names]
-    elif stage == "edit":
-        files += [paths.attribute(attribute) / "edit" / f for f in ("grid.png", "strip.png")]
-    elif stage in ("evaluate", "toy_eval"):
-        names = _metric_folders(stage)
-        files += [paths.attribute(attribute) / n / f for n in names for f in ("metrics.json", "grid.png")]
-    return files
+    return [lay.download.manifest, *logged(stage, attribute, lay).files()]  # the manifest: data_version
 
 
 def queue_dir(out: Path) -> Path:
@@ -309,7 +319,7 @@ def enqueue(params_text: str, stage: str, attribute: str | None, out: Path, para
     q.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}-{stage}" + (f"-{attribute}" if attribute else "")
     tmp = q / f".{name}"
-    for f in stage_files(stage, attribute, Paths(out)):
+    for f in stage_files(stage, attribute, Layout(out)):
         if f.is_file():
             dst = tmp / "out" / f.relative_to(out)
             dst.parent.mkdir(parents=True, exist_ok=True)

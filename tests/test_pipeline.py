@@ -34,7 +34,7 @@ def small_params(tmp_path: Path, **inversion) -> Path:
 
 
 def stage(name: str, params: Path, out: Path, *args, check=True, **kw):
-    cmd = [sys.executable, "-m", f"pipeline.{name}", *args, "--params", str(params), "--out", str(out)]
+    cmd = [sys.executable, "-m", f"pipeline.stages.{name}", *args, "--params", str(params), "--out", str(out)]
     return subprocess.run(cmd, cwd=ROOT, env=tool_env(), capture_output=True, text=True, check=check, **kw)
 
 

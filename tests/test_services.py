@@ -136,7 +136,7 @@ def test_mlflow_server_rest_api(tmp_path):
             cmd = [
                 sys.executable,
                 "-m",
-                f"pipeline.{stage}",
+                f"pipeline.stages.{stage}",
                 *([attr] if attr else []),
                 "--params",
                 str(params),

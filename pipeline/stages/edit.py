@@ -19,32 +19,24 @@ from pathlib import Path
 import torch
 
 from asyrp.core.directions import check_compatible, load_direction
-from asyrp.core.edit import EditConfig, EditDirection, coefficient_sweep, generate_in_chunks
+from asyrp.core.edit import EditDirection, coefficient_sweep, generate_in_chunks
 from asyrp.data.images import grid_image, save_images
 from asyrp.data.latents import LatentStore, write_shard
 
-from ..common import OUT, Paths, load_model, read_json, stage_main, write_json
+from ..common import OUT, Layout, load_model, read_json, stage_main, write_json
 from ..params import Params
 
 
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
-    ed, ev, inv, paths = params.active_edit, params.active_evaluate, params.active_inversion, Paths(out)
-    folder = paths.attribute(attr) / "edit"
+    ed, ev, inv, paths = params.active_edit, params.active_evaluate, params.active_inversion, Layout(out)
+    where, trained = paths.edit(attr), paths.train(attr)
     model = load_model(params)
-    direction, dcfg = load_direction(paths.attribute(attr) / "train" / "direction", model.unet.device)
+    direction, dcfg = load_direction(trained.direction, model.unet.device)
     check_compatible(dcfg, model.unet.h_shape(), model.unet.temb_channels, model.model_id, model.num_train_timesteps)
-    sched = read_json(paths.attribute(attr) / "train" / "schedule.json")
-    cfg = EditConfig(
-        sched["t_edit"],
-        sched["t_boost"],
-        ed.n_gen_steps,
-        inv.spacing,
-        ed.eta_boost,
-        ed.normalize_multi,
-        sched.get("t_0"),
-    )
+    sched = read_json(trained.schedule_json)
+    cfg = params.edit_config(sched["t_edit"], sched["t_boost"], sched.get("t_0"))
     coef = params.active_coefficients[attr]
-    store = LatentStore(paths.split("test"))
+    store = LatentStore(paths.invert.split("test"))
     n_eval = min(len(store), max(ev.n_images, ed.n_images))
     ids = store.ids[:n_eval]
     cols = store.get(ids, ["x_T", "image"])
@@ -60,13 +52,13 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     more = _sweep(model, direction, dcfg, cols["x_T"][:n_show], extra, cfg, seeds[:n_show], max(1, chunk // len(sweep)))
     strip = torch.stack([edits[main_coefs.index(c), :n_show] if c in main_coefs else more[extra.index(c)]
                          for c in sweep])  # fmt: skip
-    save_images(edits[1], [folder / "images" / f"{i}.png" for i in ids])
-    save_images(edits[0], [folder / "recon" / f"{i}.png" for i in ids])
+    save_images(edits[1], [where.image(i) for i in ids])
+    save_images(edits[0], [where.recon_image(i) for i in ids])
     original = cols["image"].float().div(127.5).sub(1)
     grid_image([original[:n_show], edits[0][:n_show], edits[1][:n_show]], ["original", "recon", f"c={coef:g}"]).save(
-        folder / "grid.png"
+        where.grid
     )
-    grid_image([strip[:, j] for j in range(n_show)], col_labels=[f"{c:g}" for c in sweep]).save(folder / "strip.png")
+    grid_image([strip[:, j] for j in range(n_show)], col_labels=[f"{c:g}" for c in sweep]).save(where.strip)
     rows = [
         (f"{i}@{c:g}", i, c, img)
         for c, batch in zip(main_coefs, edits, strict=True)
@@ -80,7 +72,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     ]
     images = ((torch.stack([r[3] for r in rows]).clamp(-1, 1) + 1) * 127.5).round().byte()
     write_shard(
-        folder / "edited.parquet",
+        where.edited_parquet,
         [r[0] for r in rows],
         {"image": images.numpy()},
         scalars={"image_id": [r[1] for r in rows], "coefficient": [float(r[2]) for r in rows]},
@@ -101,7 +93,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "n_gen_steps": cfg.n_gen_steps,
         "t_0": cfg.t_0,
     }
-    write_json(folder / "summary.json", summary)
+    write_json(where.summary_json, summary)
     return summary
 
 

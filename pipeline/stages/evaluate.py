@@ -12,7 +12,7 @@ preservation, LPIPS(original, reconstruction) its floor. Metrics made with a ran
 segmenter or an LPIPS that is not the pretrained AlexNet say so in metrics.json.
 
 outputs/attributes/<a>/toy_eval/                on toy profiles, the oracle's verdict on the same images
-                                                (pipeline.stages.toy_eval: success, preservation, clean edits next
+                                                (pipeline.toy: success, preservation, clean edits next
                                                 to the no-edit baseline); elsewhere a 'skipped' note
 """
 
@@ -27,9 +27,21 @@ from asyrp.data.latents import LatentStore
 from asyrp.metrics import directional_similarity, mean_ci, segmentation_consistency
 from asyrp.models.segment import load_segmenter
 
-from ..common import OUT, Paths, load_eval_clip, load_metric_lpips, read_json, stage_main, write_csv, write_json
+from ..common import (
+    OUT,
+    Layout,
+    load_eval_clip,
+    load_metric_lpips,
+    read_json,
+    stage_main,
+    write_csv,
+    write_metrics,
+)
 from ..params import Params
-from .toy_eval import run as oracle_verdict
+from ..toy import oracle_verdict
+
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("s_dir.mean", "sc.mean", "lpips_edit.mean")
 
 __all__ = ["mean_ci", "run", "main"]
 
@@ -40,16 +52,16 @@ def _batched_lpips(lpips, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> 
 
 @torch.no_grad()
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
-    spec, ev, paths = params.attribute(attr), params.active_evaluate, Paths(out)
-    folder, edit_dir = paths.attribute(attr) / "evaluate", paths.attribute(attr) / "edit"
-    summary = read_json(edit_dir / "summary.json")
-    store = LatentStore(paths.split("test"))
+    spec, ev, lay = params.attribute(attr), params.active_evaluate, Layout(out)
+    where, edit = lay.evaluate(attr), lay.edit(attr)
+    summary = read_json(edit.summary_json)
+    store = LatentStore(lay.invert.split("test"))
     ids = store.ids[: min(ev.n_images, summary["n_edited"])]
     device = "cuda" if torch.cuda.is_available() and params.active_profile.device != "cpu" else "cpu"
     original = store.get(ids, ["image"])["image"].float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
     size = original.shape[-1]
-    edited = load_images([edit_dir / "images" / f"{i}.png" for i in ids], size)
-    recon = load_images([edit_dir / "recon" / f"{i}.png" for i in ids], size)
+    edited = load_images([edit.image(i) for i in ids], size)
+    recon = load_images([edit.recon_image(i) for i in ids], size)
 
     clip = load_eval_clip(params, device)
     s_dir = directional_similarity(clip, original, edited, spec.source, spec.target, ev.batch_size)
@@ -98,10 +110,10 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
             lpips_is_paper_metric=lpips.is_paper_metric and lpips.net == "alex",
         )
     write_csv(
-        folder / "per_image.csv",
+        where.per_image_csv,
         [dict(zip(per_image, vals, strict=True)) for vals in zip(*per_image.values(), strict=True)],
     )
-    write_json(folder / "metrics.json", metrics)
+    write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
     # the toy world's ground truth, in this stage: one process fewer than a stage of its own (~13 s of imports)
     toy = oracle_verdict(params, attr, out)
     summary = {k: v for k, v in metrics.items() if isinstance(v, dict) or k == "attribute"}

@@ -20,38 +20,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asyrp.data.bulk import BulkInversion, invert_to_shards
+from asyrp.core.config import BulkInversion, build
+from asyrp.data.bulk import invert_to_shards
 from asyrp.data.latents import LatentStore
 
-from ..common import OUT, Paths, load_model, read_csv, stage_main, write_json
+from ..common import OUT, Layout, load_model, read_csv, stage_main, write_metrics
+from ..layout import Download
 from ..params import Params
 
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("recon_psnr_db", "recon_l1_255", "stage_images_per_s")
 
-def split_ids(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str, list[tuple[str, str]]]:
+
+def split_ids(data: Download, n_train: int, n_test: int, seed: int) -> dict[str, list[tuple[str, str]]]:
     """Seeded, disjoint train/test selection of (id, png path) from the prepared dataset's manifest."""
-    rows = sorted(read_csv(data_dir / "manifest.csv"), key=lambda r: r["id"])
+    rows = sorted(read_csv(data.manifest), key=lambda r: r["id"])
     if len(rows) < n_train + n_test:
         raise ValueError(
             f"inversion.n_train_images + n_test_images = {n_train + n_test}, but the dataset has only "
-            f"{len(rows)} usable images (see {data_dir / 'report.json'})"
+            f"{len(rows)} usable images (see {data.report})"
         )
     random.Random(seed).shuffle(rows)
-    items = [(r["id"], str(data_dir / "images" / f"{r['id']}.png")) for r in rows]
+    items = [(r["id"], str(data.image(r["id"]))) for r in rows]
     return {"train": items[:n_train], "test": items[n_train : n_train + n_test]}
 
 
 def _bulk_config(params: Params, split: str, timings: dict | None = None) -> BulkInversion:
     inv = params.active_inversion
-    return BulkInversion(
-        inv.n_inv_steps,
-        inv.spacing,
-        inv.t_0,
-        params.active_train.n_train_steps,
+    return build(
+        BulkInversion,
+        inv,
+        n_train_steps=params.active_train.n_train_steps,
         cache_source=split == "train",
-        cache_min_t=inv.cache_min_t,
         reconstruct=split == "test",
-        shard_size=inv.shard_size,
-        batch_size=inv.batch_size,
         timings=timings if timings is not None else {"images": 0, "seconds": 0.0, "passes": 0},
     )
 
@@ -59,7 +60,7 @@ def _bulk_config(params: Params, split: str, timings: dict | None = None) -> Bul
 def plan(params: Params, out: Path = OUT) -> list[tuple[str, int]]:
     """Every (split, shard index) of this run: the units that flows map over workers."""
     inv = params.active_inversion
-    splits = split_ids(Paths(out).data, inv.n_train_images, inv.n_test_images, inv.seed)
+    splits = split_ids(Layout(out).download, inv.n_train_images, inv.n_test_images, inv.seed)
     return [(split, k) for split, items in splits.items() for k in range(-(-len(items) // inv.shard_size))]
 
 
@@ -67,14 +68,14 @@ def run_shards(
     params: Params, split: str, shards: list[int] | None, out: Path = OUT, model=None, timings: dict | None = None
 ) -> None:
     """Invert one split, or only some of its shards (shard workers; no index is written then)."""
-    inv, paths = params.active_inversion, Paths(out)
+    inv, lay = params.active_inversion, Layout(out)
     model = model or load_model(params)
-    items = split_ids(paths.data, inv.n_train_images, inv.n_test_images, inv.seed)[split]
+    items = split_ids(lay.download, inv.n_train_images, inv.n_test_images, inv.seed)[split]
     meta = {"split": split, "seed": inv.seed, "dtype": inv.dtype}
     invert_to_shards(
         model,
         items,
-        paths.split(split),
+        lay.invert.split(split),
         _bulk_config(params, split, timings),
         meta,
         progress=shards is None,
@@ -92,10 +93,11 @@ def finish(params: Params, out: Path = OUT, model=None, timings: dict | None = N
     metrics = {
         "n_train": inv.n_train_images,
         "n_test": inv.n_test_images,
-        **_recon_error(Paths(out)),
+        **_recon_error(Layout(out)),
         **_throughput(model, inv, timings),
     }
-    write_json(out / "invert" / "metrics.json", metrics)
+    where = Layout(out).invert
+    write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
     return metrics
 
 
@@ -103,9 +105,9 @@ def run(params: Params, out: Path = OUT) -> dict:
     return finish(params, out)
 
 
-def _recon_error(paths: Paths) -> dict:
+def _recon_error(lay: Layout) -> dict:
     """Mean |x0 - DDIM(inversion(x0))| over the test split, in [0, 255] pixel units, and PSNR."""
-    store = LatentStore(paths.split("test"))
+    store = LatentStore(lay.invert.split("test"))
     err, sq, n = 0.0, 0.0, 0
     for _, cols in store.iter_batches(["image", "recon"], 64):
         d = cols["image"].float() - cols["recon"].float()

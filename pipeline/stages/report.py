@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..common import OUT, Paths, read_json, stage_main, write_csv
+from ..common import OUT, Layout, read_json, stage_main, write_csv
 from ..params import Params
 
 
@@ -44,10 +44,9 @@ PAPER_TABLE45 = {
 
 
 def collect(params: Params, out: Path) -> list[dict]:
-    paths, rows = Paths(out), []
+    lay, rows = Layout(out), []
     for attr in params.attributes:
-        base = paths.attribute(attr)
-        sched, ev = read_json(base / "train" / "schedule.json"), read_json(base / "evaluate" / "metrics.json")
+        sched, ev = read_json(lay.train(attr).schedule_json), read_json(lay.evaluate(attr).metrics_json)
         paper = sched.get("paper") or {}
         rows.append(
             {
@@ -79,8 +78,8 @@ def collect(params: Params, out: Path) -> list[dict]:
 
 
 def markdown(params: Params, rows: list[dict], out: Path) -> str:
-    paths = Paths(out)
-    rel = lambda p: os.path.relpath(p, paths.report)  # noqa: E731
+    lay = Layout(out)
+    rel = lambda p: os.path.relpath(p, lay.report.folder)  # noqa: E731
     prof = params.active_profile
     lines = [f"# Asyrp report: profile `{params.profile}` ({prof.model.id}, {prof.model.image_size}px)", ""]
     warn = []
@@ -126,19 +125,19 @@ def markdown(params: Params, rows: list[dict], out: Path) -> str:
         "",
         "## LPIPS curves (Sec. 4)",
         "",
-        f"![curves]({rel(paths.schedule / 'curves.png')})",
+        f"![curves]({rel(lay.schedule.curves_png)})",
         "",
         "## Edits (rows: original, reconstruction, edited)",
         "",
     ]
     for r in rows:
-        base = paths.attribute(r["attribute"])
+        edit, trained = lay.edit(r["attribute"]), lay.train(r["attribute"])
         lines += [
             f"### {r['attribute']}: '{r['source']}' -> '{r['target']}'",
             "",
-            f"![grid]({rel(base / 'edit' / 'grid.png')})  ",
-            f"![sweep]({rel(base / 'edit' / 'strip.png')})",
-            f"![loss]({rel(base / 'train' / 'loss.png')})",
+            f"![grid]({rel(edit.grid)})  ",
+            f"![sweep]({rel(edit.strip)})",
+            f"![loss]({rel(trained.loss_png)})",
             "",
         ]
     return "\n".join(lines) + "\n"
@@ -165,12 +164,12 @@ def paper_layout(params: Params, rows: list[dict]) -> list[str]:
 
 
 def run(params: Params, out: Path = OUT) -> dict:
-    paths = Paths(out)
+    where = Layout(out).report
     rows = collect(params, out)
-    paths.report.mkdir(parents=True, exist_ok=True)
-    (paths.report / "report.md").write_text(markdown(params, rows, out))
-    write_csv(paths.report / "report.csv", [{k: v for k, v in r.items() if k != "_ev"} for r in rows])
-    print((paths.report / "report.md").read_text().split("## LPIPS curves")[0])
+    where.folder.mkdir(parents=True, exist_ok=True)
+    where.report_md.write_text(markdown(params, rows, out))
+    write_csv(where.report_csv, [{k: v for k, v in r.items() if k != "_ev"} for r in rows])
+    print(where.report_md.read_text().split("## LPIPS curves")[0])
     return {"attributes": [r["attribute"] for r in rows]}
 
 

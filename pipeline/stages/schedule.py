@@ -13,32 +13,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from asyrp.core.schedule import LpipsCurves, crossing_t, lpips_curves
 from asyrp.data.latents import LatentStore
 from asyrp.models.perceptual import RANDOM_BACKBONE_NOTE
-from asyrp.core.schedule import LpipsCurves, crossing_t, lpips_curves
 
 from ..common import (
     OUT,
-    Paths,
+    Layout,
     line_plot,
     load_metric_lpips,
     load_model,
-    read_csv,
-    read_json,
     stage_main,
     write_csv,
-    write_json,
+    write_metrics,
 )
 from ..params import Params
 
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("t_edit_max", "t_boost")
+
 
 def run(params: Params, out: Path = OUT) -> dict:
-    sch, inv, paths = params.active_schedule, params.active_inversion, Paths(out)
+    sch, inv, lay = params.active_schedule, params.active_inversion, Layout(out)
     model = load_model(params)
     lpips = load_metric_lpips(params, model.unet.device)
-    store = LatentStore(paths.split("train"))
+    store = LatentStore(lay.invert.split("train"))
     ids = store.ids[: sch.n_images]
     curves: LpipsCurves | None = None
     for _, cols in store.iter_batches(["image"], inv.batch_size, ids=ids):
@@ -49,13 +48,13 @@ def run(params: Params, out: Path = OUT) -> dict:
         {"t": int(t), "lpips_pred_x0": float(p), "lpips_xt": float(x)}
         for t, p, x in zip(curves.t, curves.lpips_pred_x0, curves.lpips_xt, strict=True)
     ]
-    write_csv(paths.schedule / "curves.csv", rows)
+    write_csv(lay.schedule.curves_csv, rows)
     metrics = schedule_metrics(curves, sch.lpips_edit_threshold, sch.lpips_boost_threshold)
     metrics.update(n_images=curves.n_images, lpips=lpips.note, lpips_is_paper_metric=lpips.is_paper_metric)
-    write_json(paths.schedule / "metrics.json", metrics)
+    write_metrics(lay.schedule.metrics_json, lay.schedule.headline_json, metrics, HEADLINE)
     note = "" if lpips.is_paper_metric else f"\n{RANDOM_BACKBONE_NOTE}"
     line_plot(
-        paths.schedule / "curves.png",
+        lay.schedule.curves_png,
         curves.t,
         {
             "LPIPS(x, P_t) (editing strength)": curves.lpips_pred_x0,
@@ -85,17 +84,6 @@ def schedule_metrics(curves: LpipsCurves, edit_threshold: float, boost_threshold
         except ValueError as err:
             out[key], out[f"{key}_error"] = None, str(err)
     return out
-
-
-def load_curves(out: Path = OUT) -> LpipsCurves:
-    """The curves written by this stage (for train@<attribute>)."""
-    paths = Paths(out)
-    rows = read_csv(paths.schedule / "curves.csv")
-    metrics = read_json(paths.schedule / "metrics.json")
-    col = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
-    return LpipsCurves(
-        col("t"), col("lpips_pred_x0"), col("lpips_xt"), metrics["n_images"], metrics["lpips_is_paper_metric"]
-    )
 
 
 main = stage_main(run, __doc__.splitlines()[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 from asyrp.data.latents import LatentStore
 from asyrp.study import Condition, StudyError, build_study
 
-from ..common import OUT, Paths, check_dvc_layout, read_json, run_cli, write_json
+from ..common import OUT, Layout, check_dvc_layout, read_json, run_cli, write_json
 from ..params import Params, load_params
 
 
@@ -30,18 +30,18 @@ def run(params: Params, name: str, out: Path = OUT, root: Path = Path(".")) -> d
     if name not in st.sheets:
         valid = ", ".join(st.sheets) or "(none: study.sheets is empty)"
         raise ValueError(f"study.sheets: no sheet named {name!r}; sheets: {valid}")
-    sheet, paths = st.sheets[name], Paths(out)
+    sheet, lay = st.sheets[name], Layout(out)
     missing = [a for a in sheet.attributes if a not in params.attributes]
     if missing:
         raise ValueError(
             f"study.sheets.{name}.attributes: {missing} are not among the pipeline's attributes "
             f"({', '.join(params.attributes)}): only edited attributes can go into a study"
         )
-    store = LatentStore(paths.split("test"))
+    store = LatentStore(lay.invert.split("test"))
     conditions = []
     for attr, group in sheet.attributes.items():
-        edited = paths.attribute(attr) / "edit" / "images"
-        n_edited = read_json(paths.attribute(attr) / "edit" / "summary.json")["n_edited"]
+        edited = lay.edit(attr).images
+        n_edited = read_json(lay.edit(attr).summary_json)["n_edited"]
         ids = store.ids[:n_edited]
         images = store.get(ids, ["image"])["image"].permute(0, 2, 3, 1).contiguous().numpy()  # (B, H, W, 3) uint8
         originals = {i: images[k] for k, i in enumerate(ids)}
@@ -59,7 +59,7 @@ def run(params: Params, name: str, out: Path = OUT, root: Path = Path(".")) -> d
                 group_size=sheet.group_size or st.group_size,
             )
         )
-    folder = Path(out) / "study" / name
+    folder = lay.study(name).folder
     files = build_study(
         conditions,
         folder,
@@ -76,7 +76,7 @@ def run(params: Params, name: str, out: Path = OUT, root: Path = Path(".")) -> d
         "sheet": str(files.sheet),
         "answer_key": str(files.key),
     }
-    write_json(folder / "summary.json", summary)
+    write_json(lay.study(name).summary_json, summary)
     return summary
 
 

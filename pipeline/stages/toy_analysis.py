@@ -19,10 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common import OUT, Paths, line_plot, read_csv, read_json, stage_main, write_json
+from ..common import (
+    OUT,
+    Layout,
+    line_plot,
+    per_image_prompts,
+    read_csv,
+    read_json,
+    stage_main,
+    write_metrics,
+)
+from ..layout import ToyAnalysis
 from ..params import Params
-from .toy_eval import SKIPPED, is_toy
-from .train import train_config
+from ..toy import SKIPPED, is_toy
+
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("skipped", "ddpm_samples.clean", "clip_zero_shot.colour", "clip_zero_shot.shape", "clip_zero_shot.size")
 
 N_ANALYSIS = 32  # test images per analysis (bounded: the whole toy `dvc repro` must stay within minutes)
 N_FIT = 20  # images the mean direction is read from (paper App. L: N = 20)
@@ -31,21 +43,21 @@ N_CEILING = 32  # training images of the ground-truth-supervised f_t (the ceilin
 SWEEP = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
 
-def _skip(folder: Path) -> dict:
-    write_json(folder / "metrics.json", SKIPPED)
-    (folder / "report" / "report.md").write_text("# Toy world report\n\nskipped: not a toy profile\n")
+def _skip(where: ToyAnalysis) -> dict:
+    write_metrics(where.metrics_json, where.headline_json, SKIPPED, HEADLINE)
+    where.report_md.write_text("# Toy world report\n\nskipped: not a toy profile\n")
     return SKIPPED
 
 
 def run(params: Params, out: Path = OUT) -> dict:
-    paths = Paths(out)
-    root = paths.root / "toy"
-    folder = root / "report"
+    paths = Layout(out)
+    where = paths.toy_analysis
+    folder = where.report
     folder.mkdir(parents=True, exist_ok=True)
     if not is_toy(params):
-        return _skip(root)
+        return _skip(where)
     from asyrp.core.directions import load_direction
-    from asyrp.core.edit import EditConfig, EditDirection, random_latents
+    from asyrp.core.edit import EditDirection, random_latents
     from asyrp.data.images import grid_image
     from asyrp.data.latents import LatentStore
     from asyrp.toy import analysis, evaluate, oracle
@@ -54,15 +66,15 @@ def run(params: Params, out: Path = OUT) -> dict:
     from ..common import load_model, load_train_clip
 
     torch.manual_seed(0)
-    ed, inv = params.active_edit, params.active_inversion
+    ed = params.active_edit
     model = load_model(params)
     size = model.image_size
-    rows = {r["id"]: r for r in read_csv(paths.data / "manifest.csv")}
-    test = LatentStore(paths.split("test"))
+    rows = {r["id"]: r for r in read_csv(paths.download.manifest)}
+    test = LatentStore(paths.invert.split("test"))
     cols = test.get(test.ids, ["x_T"])
     x_T_all, ids_all = cols["x_T"].float(), list(test.ids)
     f_all = factors_from_rows([rows[i] for i in ids_all], size)
-    train = LatentStore(paths.split("train"))
+    train = LatentStore(paths.invert.split("train"))
     ceil_ids = train.ids[: max(N_FIT, N_CEILING)]  # one read for both: the first N_FIT fit the mean direction
     x_ceil = train.get(ceil_ids, ["x_T"])["x_T"].float()
     x_fit, x_ceil = x_ceil[:N_FIT], x_ceil[:N_CEILING]
@@ -71,10 +83,10 @@ def run(params: Params, out: Path = OUT) -> dict:
 
     # -- the models themselves ---------------------------------------------------------------------
     attrs = list(params.attributes)
-    first = read_json(paths.attribute(attrs[0]) / "train" / "schedule.json")
+    first = read_json(paths.train(attrs[0]).schedule_json)
     # samples from pure noise (t = 999) at the edits' step size: n_gen_steps span [0, t_0] there
     steps = round(ed.n_gen_steps * model.num_train_timesteps / first["t_0"]) if first.get("t_0") else ed.n_gen_steps
-    plain_cfg = EditConfig(first["t_edit"], first["t_boost"], steps, inv.spacing, ed.eta_boost)
+    plain_cfg = params.edit_config(first["t_edit"], first["t_boost"], None, n_gen_steps=steps)
     samples = analysis.generate(model, random_latents(N_SAMPLES, (3, size, size), seed=123), [], plain_cfg,
                                 range(N_SAMPLES))  # fmt: skip
     rs = oracle.read(samples)
@@ -89,18 +101,16 @@ def run(params: Params, out: Path = OUT) -> dict:
     for attr in attrs:
         spec = params.attribute(attr)
         factor, value = evaluate.edit_target(spec.source, spec.target)
-        module, dcfg = load_direction(paths.attribute(attr) / "train" / "direction", model.unet.device)
-        sched = read_json(paths.attribute(attr) / "train" / "schedule.json")
-        cfg = EditConfig(
-            sched["t_edit"], sched["t_boost"], ed.n_gen_steps, inv.spacing, ed.eta_boost, t_0=sched.get("t_0")
-        )
+        module, dcfg = load_direction(paths.train(attr).direction, model.unet.device)
+        sched = read_json(paths.train(attr).schedule_json)
+        cfg = params.edit_config(sched["t_edit"], sched["t_boost"], sched.get("t_0"))
         d = EditDirection(module, dcfg, params.active_coefficients[attr])
         dirs[attr] = (d, factor, value, cfg)
         sel = np.nonzero(f_all[factor] != value)[0][:N_ANALYSIS]
         x, f, seeds = x_T_all[sel], {k: v[sel] for k, v in f_all.items()}, [ed.seed + int(i) for i in sel]
         res: dict = {"factor": factor, "target": evaluate.FACTORS[factor][value], "t_edit": sched["t_edit"],
                      "t_boost": sched["t_boost"]}  # fmt: skip
-        ev_path = paths.attribute(attr) / "toy_eval" / "metrics.json"
+        ev_path = paths.evaluate(attr).oracle.metrics_json
         res["toy_eval"] = read_json(ev_path) if ev_path.exists() else None
         made = _made(paths, attr, [ids_all[i] for i in sel], d.coefficient, cfg)
         res["homogeneity"], res["consistency"] = analysis.homogeneity(model, d, x_fit, x, f, factor, value, cfg, seeds,
@@ -109,7 +119,7 @@ def run(params: Params, out: Path = OUT) -> dict:
                                         SWEEP, seeds[:16], known={c: v[:16] for c, v in made.items()})  # fmt: skip
         res["linearity"] = lin
         res["clip_check"] = _clip_check(params, attr, clip, rows, [ids_all[i] for i in sel], f, factor, value, size)
-        res["ceiling"] = analysis.supervised_ceiling(model, dcfg, train_config(params, sched["t_edit"]), x_ceil,
+        res["ceiling"] = analysis.supervised_ceiling(model, dcfg, params.train_config(sched["t_edit"]), x_ceil,
                                                      f_ceil, x, f, factor, value, cfg, seeds,
                                                      params.active_train.batch_size)  # fmt: skip
         grid_image([sweep[k, :8] for k in range(len(SWEEP))], [f"c={c:g}" for c in SWEEP]).save(
@@ -141,38 +151,37 @@ def run(params: Params, out: Path = OUT) -> dict:
     rob, images = analysis.robustness(model, d, x, f, cfg, seeds, no_edit=no_edit)
     metrics["robustness"] = {"attribute": attr0, **rob}
     grid_image([v[:8] for v in images.values()], list(images)).save(folder / "robustness.png")
-    write_json(root / "metrics.json", metrics)
+    write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
     for attr in attrs:  # the toy_eval grids, next to the report
-        g = paths.attribute(attr) / "toy_eval" / "grid.png"
+        g = paths.evaluate(attr).oracle.grid
         if g.exists():
             shutil.copy(g, folder / f"edit_{attr}.png")
-    (folder / "report.md").write_text(markdown(metrics, attrs))
+    where.report_md.write_text(markdown(metrics, attrs))
     return {"ddpm_clean": metrics["ddpm_samples"]["clean"],
             **{a: (r["toy_eval"] or {}).get("edit", {}).get("clean_edit") for a, r in per_attr.items()}}  # fmt: skip
 
 
-def _made(paths: Paths, attr: str, ids: list[str], coefficient: float, cfg) -> dict[float, torch.Tensor]:
+def _made(paths: Layout, attr: str, ids: list[str], coefficient: float, cfg) -> dict[float, torch.Tensor]:
     """The edit stage's images of `ids`, {0: reconstructions, coefficient: edits}, where that stage ran with this
     coefficient and config (same latents and per-image seeds, so the same images up to PNG rounding); else {}."""
     from asyrp.data.images import load_images
 
-    folder = paths.attribute(attr) / "edit"
-    summary = folder / "summary.json"
+    edit = paths.edit(attr)
+    summary = edit.summary_json
     want = {"coefficient": coefficient, "t_edit": cfg.t_edit, "t_boost": cfg.t_boost, "n_gen_steps": cfg.n_gen_steps,
             "t_0": cfg.t_0}  # fmt: skip
     if not summary.exists() or any(read_json(summary).get(k) != v for k, v in want.items()):
         return {}
-    files = {0.0: [folder / "recon" / f"{i}.png" for i in ids],
-             coefficient: [folder / "images" / f"{i}.png" for i in ids]}  # fmt: skip
+    files = {0.0: [edit.recon_image(i) for i in ids], coefficient: [edit.image(i) for i in ids]}
     if not all(p.exists() for v in files.values() for p in v):
         return {}
     return {c: load_images(v) for c, v in files.items()}
 
 
-def _originals(paths: Paths, ids) -> torch.Tensor:
+def _originals(paths: Layout, ids) -> torch.Tensor:
     from asyrp.data.images import load_images
 
-    return load_images([paths.data / "images" / f"{i}.png" for i in ids])
+    return load_images([paths.download.image(i) for i in ids])
 
 
 @torch.no_grad()
@@ -191,14 +200,11 @@ def _zero_shot(clip, test, f_all) -> dict:
 
 def _clip_check(params: Params, attr: str, clip, rows, ids, f, factor, value, size) -> dict:
     """analysis.clip_check with the text directions train@ used (per-image source prompts where set)."""
-    from asyrp.core.losses import AsyrpLoss, LossConfig
+    from asyrp.core.losses import AsyrpLoss
     from asyrp.toy.analysis import clip_check
 
-    from .train import per_image_prompts
-
     spec = params.attribute(attr)
-    templates = params.active_train.templates == "imagenet"
-    loss = AsyrpLoss(clip, spec.source, spec.target, LossConfig(lambda_recon=0.0, templates=templates))
+    loss = AsyrpLoss(clip, spec.source, spec.target, params.loss_config(attr))  # only its text directions are used
     src = spec.source_per_image
     prompts = per_image_prompts(src, rows, ids) if src else [spec.source] * len(ids)
     return clip_check(clip, loss.text_directions(prompts), f, factor, value, size)

@@ -22,14 +22,29 @@ from asyrp.api import new_direction
 from asyrp.core.ddim import timestep_grid
 from asyrp.core.directions import save_direction
 from asyrp.core.edit import random_latents
-from asyrp.data.latents import LatentStore
-from asyrp.core.losses import AsyrpLoss, LossConfig
+from asyrp.core.losses import AsyrpLoss
 from asyrp.core.schedule import choose_schedule
-from asyrp.core.train import TrainBatch, TrainConfig, edit_interval, train_direction
+from asyrp.core.train import TrainBatch, edit_interval, train_direction
+from asyrp.data.latents import LatentStore
 
-from ..common import OUT, Paths, line_plot, load_model, load_train_clip, read_csv, stage_main, write_csv, write_json
+from ..common import (
+    OUT,
+    Layout,
+    line_plot,
+    load_curves,
+    load_model,
+    load_train_clip,
+    per_image_prompts,
+    read_csv,
+    stage_main,
+    write_csv,
+    write_json,
+    write_metrics,
+)
 from ..params import Params
-from .schedule import load_curves
+
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("loss_final", "t_edit", "t_boost", "seconds")
 
 
 def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict:
@@ -66,37 +81,6 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
     }
 
 
-def per_image_prompts(template: str, rows: dict[str, dict], ids: list[str]) -> list[str]:
-    """``template`` ("a {colour} shape") filled from each image's manifest row."""
-    try:
-        return [template.format(**rows[i]) for i in ids]
-    except (KeyError, IndexError, ValueError) as exc:
-        columns = sorted(next(iter(rows.values()), {}))
-        raise ValueError(
-            f"source_per_image {template!r} cannot be filled from the dataset's manifest.csv ({exc!r}); "
-            f"its columns: {columns}"
-        ) from None
-
-
-def train_config(params: Params, t_edit: int) -> TrainConfig:
-    """Algorithm 2's settings from params (train block, inversion grid and depth) for this t_edit."""
-    tr, inv = params.active_train, params.active_inversion
-    return TrainConfig(
-        t_edit=t_edit,
-        n_train_steps=tr.n_train_steps,
-        spacing=inv.spacing,
-        t_0=inv.t_0,
-        epochs=tr.epochs,
-        optimizer=tr.optimizer,
-        lr=tr.lr,
-        momentum=tr.momentum,
-        lr_step_size=tr.lr_step_size,
-        lr_gamma=tr.lr_gamma,
-        step_per=tr.step_per,
-        seed=tr.seed,
-    )
-
-
 def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Path, source_per_image=None):
     """epoch -> TrainBatches, streamed from the latent shards (or seeded noise for from-noise attributes)."""
     inv, tr, device = params.active_inversion, params.active_train, model.unet.device
@@ -112,7 +96,7 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
             TrainBatch(x_T[i : i + tr.batch_size], ids=[f"noise{j}" for j in range(i, i + tr.batch_size)])
             for i in range(0, len(x_T), tr.batch_size)
         )
-    store = LatentStore(Paths(out).split("train"))
+    store = LatentStore(Layout(out).invert.split("train"))
     if store.metadata.get("t_0") != inv.t_0:
         raise ValueError(
             f"the training latents were inverted to t_0={store.metadata.get('t_0')}, params say "
@@ -121,7 +105,7 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
     cached = store.metadata["source_pred_t"]
     use_cache = bool(cached) and t_edit >= min(cached) and store.metadata["n_train_steps"] == tr.n_train_steps
     cols = ["x_T", "image"] + (["source_pred"] if use_cache else [])
-    rows = {r["id"]: r for r in read_csv(Paths(out).data / "manifest.csv")} if source_per_image else {}
+    rows = {r["id"]: r for r in read_csv(Layout(out).download.manifest)} if source_per_image else {}
     if source_per_image:
         per_image_prompts(source_per_image, rows, store.ids[:1])  # fail before any training
 
@@ -139,19 +123,12 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
 
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
     spec, tr, inv = params.attribute(attr), params.active_train, params.active_inversion
-    folder = Paths(out).attribute(attr) / "train"
+    where = Layout(out).train(attr)
     model = load_model(params)
     clip = load_train_clip(params, model.unet.device)
     sched = attribute_schedule(params, attr, clip, out)
-    write_json(folder / "schedule.json", sched)
-    loss_cfg = LossConfig(
-        lambda_clip=spec.lambda_clip,
-        lambda_recon=None if spec.lambda_recon == "auto" else float(spec.lambda_recon),
-        loss_form=tr.loss_form,
-        clip_source=tr.clip_source,
-        templates=tr.templates == "imagenet",
-    )
-    loss = AsyrpLoss(clip, spec.source, spec.target, loss_cfg)
+    write_json(where.schedule_json, sched)
+    loss = AsyrpLoss(clip, spec.source, spec.target, params.loss_config(attr))
     info = {
         "lambda_clip": spec.lambda_clip,
         "lambda_recon": loss.lambda_recon,
@@ -178,7 +155,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         inv.t_0,
         **info,
     )
-    cfg = train_config(params, sched["t_edit"])
+    cfg = params.train_config(sched["t_edit"])
     data = training_data(params, model, sched["t_edit"], spec.trains_from_noise, out, spec.source_per_image)
     grid = timestep_grid(tr.n_train_steps, model.num_train_timesteps, inv.spacing, inv.t_0)
     n_steps = -(-inv.n_train_images // tr.batch_size) * tr.epochs * len(edit_interval(grid, sched["t_edit"]))
@@ -195,10 +172,10 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     start = time.monotonic()
     history = train_direction(model, direction, loss, data, cfg, callback=on_step)
     bar.close()
-    save_direction(direction, dcfg, folder / "direction")
-    write_csv(folder / "loss.csv", rows)
+    save_direction(direction, dcfg, where.direction)
+    write_csv(where.loss_csv, rows)
     line_plot(
-        folder / "loss.png",
+        where.loss_png,
         [r["step"] for r in rows],
         {
             "total": [r["loss"] for r in rows],
@@ -221,7 +198,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "clip_similarity": sched["clip_similarity"],
         "clip_is_pretrained": clip.is_pretrained,
     }
-    write_json(folder / "metrics.json", metrics)
+    write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
     return metrics
 
 

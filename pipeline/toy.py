@@ -1,4 +1,5 @@
-"""The oracle's verdict on the edits of held-out images (toy profiles only), run by stage `evaluate@<attribute>`.
+"""The toy world in the pipeline: ``is_toy`` and the oracle's verdict on an attribute's edits of held-out images,
+which stage `evaluate@<attribute>` writes on toy profiles (not a stage of its own: one process fewer).
 
 outputs/attributes/<a>/toy_eval/metrics.json   success, preservation, clean-edit rate of the edit and of
                                                the no-edit baseline (the reconstruction), with n
@@ -6,8 +7,8 @@ outputs/attributes/<a>/toy_eval/per_image.csv  per test image: original factors,
 outputs/attributes/<a>/toy_eval/grid.png       original | no-edit baseline | edit, with the verdicts
 
 Scored on the test split's images that do not already have the target value (asyrp.toy.evaluate). On a
-profile whose dataset is not `toy`, it writes {"skipped": "not a toy profile"} and exits at once, so the
-DVC pipeline of every other profile still runs. `python -m pipeline.stages.toy_eval <attribute>` reruns it alone.
+profile whose dataset is not `toy`, it writes {"skipped": "not a toy profile"} at once, so the DVC
+pipeline of every other profile still runs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import OUT, Paths, read_csv, stage_main, write_csv, write_json
-from ..params import Params
+from .io import OUT, Layout, read_csv, write_csv, write_metrics
+from .params import Params
+
+# the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
+HEADLINE = ("skipped", "edit.success", "edit.preserved", "edit.clean_edit", "no_edit.clean_edit")
 
 SKIPPED = {"skipped": "not a toy profile"}
 
@@ -26,17 +30,18 @@ def is_toy(params: Params) -> bool:
     return params.active_profile.dataset.source == "toy"
 
 
-def _skip(folder: Path, note: dict) -> dict:
-    write_json(folder / "metrics.json", note)
-    write_csv(folder / "per_image.csv", [])
+def _skip(where, note: dict) -> dict:
+    write_metrics(where.metrics_json, where.headline_json, note, HEADLINE)
+    write_csv(where.per_image_csv, [])
     return note
 
 
-def run(params: Params, attr: str, out: Path = OUT) -> dict:
-    paths = Paths(out)
-    folder = paths.attribute(attr) / "toy_eval"
+def oracle_verdict(params: Params, attr: str, out: Path = OUT) -> dict:
+    """Score edit@<attr>'s images with the oracle; writes Layout(out).evaluate(attr).oracle, returns a summary."""
+    lay = Layout(out)
+    where, edit = lay.evaluate(attr).oracle, lay.edit(attr)
     if not is_toy(params):
-        return _skip(folder, SKIPPED)
+        return _skip(where, SKIPPED)
     from asyrp.data.images import grid_image, load_images
     from asyrp.toy import evaluate, oracle
     from asyrp.toy.data import factors_from_rows
@@ -45,17 +50,16 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
     try:
         factor, value = evaluate.edit_target(spec.source, spec.target)
     except ValueError as err:  # e.g. a new attribute whose prompts name no factor: S_dir/LPIPS still stand
-        return _skip(folder, {"skipped": str(err)})
-    edit_dir = paths.attribute(attr) / "edit"
-    ids = sorted(p.stem for p in (edit_dir / "images").glob("*.png"))
-    rows = {r["id"]: r for r in read_csv(paths.data / "manifest.csv")}
+        return _skip(where, {"skipped": str(err)})
+    ids = sorted(p.stem for p in edit.images.glob("*.png"))
+    rows = {r["id"]: r for r in read_csv(lay.download.manifest)}
     size = params.active_profile.model.image_size
     f_all = factors_from_rows([rows[i] for i in ids], size)
     keep = f_all[factor] != value  # images that already have the target cannot show the edit
     ids = [i for i, k in zip(ids, keep, strict=True) if k]
     f = {k: v[keep] for k, v in f_all.items()}
-    edited = load_images([edit_dir / "images" / f"{i}.png" for i in ids])
-    recon = load_images([edit_dir / "recon" / f"{i}.png" for i in ids])
+    edited = load_images([edit.image(i) for i in ids])
+    recon = load_images([edit.recon_image(i) for i in ids])
     r_edit, r_base = oracle.read(edited), oracle.read(recon)
     m_edit = evaluate.score(r_edit, f, factor, value, size)
     m_base = evaluate.score(r_base, f, factor, value, size)
@@ -80,19 +84,13 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
             {"baseline_success": bool(m_base["success"][j]), "baseline_clean_edit": bool(m_base["clean_edit"][j])}
         )
         per_image.append(row)
-    write_csv(folder / "per_image.csv", per_image)
-    write_json(folder / "metrics.json", metrics)
+    write_csv(where.per_image_csv, per_image)
+    write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
     n_show = min(12, len(ids))
     if n_show:
-        orig = load_images([paths.data / "images" / f"{i}.png" for i in ids[:n_show]])
+        orig = load_images([lay.download.image(i) for i in ids[:n_show]])
         labels = [("ok" if m_edit["clean_edit"][j] else "x") for j in range(n_show)]
         grid_image([orig, recon[:n_show], edited[:n_show]], ["original", "no edit", f"edit ({attr})"], labels).save(
-            folder / "grid.png"
+            where.grid
         )
     return {"n": len(ids), "clean_edit": metrics["edit"]["clean_edit"], "baseline": metrics["no_edit"]["clean_edit"]}
-
-
-main = stage_main(run, __doc__.splitlines()[0], attribute=True)
-
-if __name__ == "__main__":
-    main()
