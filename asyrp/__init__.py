@@ -9,14 +9,15 @@ Quick tour (see README.md):
 """
 
 from .api import invert, new_direction
+from .core.config import EditConfig, LossConfig, TrainConfig
 from .core.ddim import ddim_generate, ddim_invert, ddim_step, timestep_grid
 from .core.directions import DirectionConfig, build_direction, check_compatible, load_direction, save_direction
-from .core.edit import EditConfig, EditDirection, asyrp_generate, coefficient_sweep, mean_direction, random_latents
+from .core.edit import EditDirection, asyrp_generate, coefficient_sweep, mean_direction, random_latents
 from .core.hspace import HUNet
-from .core.losses import AsyrpLoss, LossConfig
-from .models.diffusion import DiffusionModel, load_diffusion
+from .core.losses import AsyrpLoss
 from .core.schedule import Schedule, choose_schedule, lpips_curves
-from .core.train import TrainBatch, TrainConfig, tensor_batches, train_direction
+from .core.train import TrainBatch, tensor_batches, train_direction
+from .models.diffusion import DiffusionModel, load_diffusion
 
 __version__ = "0.1.0"
 __all__ = [

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from asyrp.core.hspace import HUNet
 from asyrp.models.archs import (
     ADM_256,
     ADM_LIGHT_256,
@@ -40,7 +41,6 @@ from asyrp.models.archs import (
     sha256_file,
     unet_config,
 )
-from asyrp.core.hspace import HUNet
 from asyrp.models.diffusion import ModelLoadError, load_diffusion
 
 TOL = 1e-4  # the bound on max |eps difference|; measured ~1e-7 here (float32)

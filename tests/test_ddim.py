@@ -44,7 +44,16 @@ def test_uniform_grid_is_the_official_one():
     g = timestep_grid(40)
     assert g[:4].tolist() == [0, 25, 51, 76] and g[-1] == 999 and len(g) == 40
     assert torch.all(g[1:] > g[:-1])
-    assert len(set(timestep_grid(1000).tolist())) == 1000  # S = T falls back to rounding, no repeats
+    assert timestep_grid(1000).tolist() == list(range(1000))  # S = T: every timestep, no repeats
+    assert timestep_grid(10)[7] == 777  # 776.9999.. without the official + 1e-6
+
+
+@pytest.mark.parametrize("t_0", [999, 500])
+def test_uniform_grid_matches_the_official_formula_for_every_step_count(t_0):
+    # diffusion_latent.py: seq = [int(s + 1e-6) for s in np.linspace(0, 1, S) * t_0]
+    for n_steps in range(2, t_0 + 2):
+        official = [int(s + 1e-6) for s in np.linspace(0, 1, n_steps) * t_0]
+        assert timestep_grid(n_steps, T, "uniform", t_0).tolist() == official, n_steps
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])

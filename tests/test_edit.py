@@ -113,9 +113,8 @@ def test_mean_and_global_direction_of_a_constant(small_model, x_T):
     d, cfg = global_dir()
     table, glob = mean_direction(small_model, EditDirection(d, cfg), x_T, EditConfig(500, 200, 10))
     assert table.config.kind == "delta_h_t", table.config
-    assert table.config.timesteps == [999, 888, 776, 666, 555], (
-        table.config.timesteps
-    )  # official truncation: 776.99.. -> 776
+    # the official grid int(s * t_0 + 1e-6): 776.99.. -> 777
+    assert table.config.timesteps == [999, 888, 777, 666, 555], table.config.timesteps
     assert torch.allclose(table.module.table, d.delta_h.expand(5, *H), atol=1e-6)
     assert torch.allclose(glob.module.delta_h, d.delta_h, atol=1e-6)
 

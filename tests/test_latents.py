@@ -343,8 +343,9 @@ def test_only_shards_then_finalise_equals_one_run(tmp_path):
     n_shards = len(list((tmp_path / "one").glob("shard-*.parquet")))
     part = tmp_path / "parts"
     for ks in ([1, 3], [0], [2], list(range(4, n_shards))):  # in any order, as workers finish
-        latents.run_sharded(items, part, compute, shard_size=4, batch_size=3, metadata=meta, progress=False,
-                            only_shards=ks)
+        latents.run_sharded(
+            items, part, compute, shard_size=4, batch_size=3, metadata=meta, progress=False, only_shards=ks
+        )
     assert not (part / "_index.json").exists()
     counter = Counter()
     latents.run_sharded(items, part, counter, shard_size=4, batch_size=3, metadata=meta, progress=False)

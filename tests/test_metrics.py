@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from asyrp.data.latents import run_sharded
 from asyrp.core.losses import directional_cos
+from asyrp.data.latents import run_sharded
 from asyrp.metrics import (
     directional_similarity,
     mean_ci,

@@ -28,17 +28,17 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .config import SPACINGS, check_depth
+
 Tensor = torch.Tensor
 EpsFn = Callable[[Tensor, int], Tensor]
 """eps_fn(sample, timestep) -> eps, shape (B, C, H, W) in, same shape out."""
-
-SPACINGS = ("uniform", "linspace", "leading", "trailing")
 
 
 def timestep_grid(
     n_steps: int, num_train_timesteps: int = 1000, spacing: str = "uniform", t_0: int | None = None
 ) -> Tensor:
-    """Increasing grid of ``n_steps`` training timesteps (official: ``int(linspace(0, 1, S) * t_0)``).
+    """Increasing grid of ``n_steps`` training timesteps (official: ``int(linspace(0, 1, S) * t_0 + 1e-6)``).
 
     ``uniform`` is the official Asyrp grid; ``linspace``, ``leading`` and ``trailing`` are the
     ``timestep_spacing`` options of diffusers' DDIMScheduler (without ``steps_offset``). ``t_0`` is the
@@ -51,14 +51,12 @@ def timestep_grid(
     top = T - 1 if t_0 is None else int(t_0)
     if not 0 < top < T:
         raise ValueError(f"t_0 must be in [1, {T - 1}], got {t_0}")
-    if top < T - 1 and spacing not in ("uniform", "linspace"):
-        raise ValueError(f"t_0 < T - 1 needs spacing 'uniform' or 'linspace', got {spacing!r}")
+    check_depth(t_0, spacing, T)
     if n_steps > top + 1:
         raise ValueError(f"n_steps={n_steps} exceeds the {top + 1} timesteps in [0, t_0={top}]")
-    if spacing == "uniform":  # float64 and truncation, exactly as the official code
-        grid = (np.linspace(0, 1, n_steps) * top).astype(np.int64)
-        if len(np.unique(grid)) != n_steps:  # e.g. S = T: truncation of 2.9999.. repeats a step; round instead
-            grid = np.linspace(0, top, n_steps).round().astype(np.int64)
+    if spacing == "uniform":  # float64, + 1e-6, truncation: exactly the official code's seq_inv / seq_train
+        # the 1e-6 lifts products like 776.9999.. (S = 10, t_0 = 999) to the official 777
+        grid = (np.linspace(0, 1, n_steps) * top + 1e-6).astype(np.int64)
     elif spacing == "linspace":
         grid = np.linspace(0, top, n_steps).round().astype(np.int64)
     elif spacing == "leading":

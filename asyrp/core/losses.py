@@ -16,16 +16,14 @@ Delta T points from what the image is to the target rather than from a generic p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..models.clip import ClipModel, imagenet_templates
+from .config import LOSS_FORMS, LossConfig
 
 Tensor = torch.Tensor
-LOSS_FORMS = ("log", "one_minus_cos")
-CLIP_SOURCES = ("x0", "p_t")
 
 
 def directional_cos(edit_emb: Tensor, source_emb: Tensor, text_direction: Tensor) -> Tensor:
@@ -43,28 +41,6 @@ def direction_loss(cos: Tensor, form: str = "log") -> Tensor:
     raise ValueError(f"unknown loss_form {form!r}; choose one of {LOSS_FORMS}")
 
 
-def lambda_recon_auto(clip: ClipModel, source: str, target: str) -> float:
-    """Table 3's rule: lambda_recon = 3 x CLIP cosine similarity of the two prompts."""
-    return 3.0 * clip.prompt_similarity(source, target)
-
-
-@dataclass
-class LossConfig:
-    lambda_clip: float = 0.8
-    lambda_recon: float | None = None  # None -> 3 x prompt similarity (Table 3)
-    loss_form: str = "log"
-    clip_source: str = "x0"
-    templates: bool = True  # average each prompt over the ImageNet templates (official)
-
-    def validate(self) -> None:
-        if self.loss_form not in LOSS_FORMS:
-            raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {self.loss_form!r}")
-        if self.clip_source not in CLIP_SOURCES:
-            raise ValueError(f"clip_source must be one of {CLIP_SOURCES}, got {self.clip_source!r}")
-        if self.lambda_clip < 0 or (self.lambda_recon is not None and self.lambda_recon < 0):
-            raise ValueError("loss weights must be >= 0")
-
-
 class AsyrpLoss:
     """Eq. 7 for one prompt pair; text embeddings are computed once, at construction."""
 
@@ -77,8 +53,7 @@ class AsyrpLoss:
         templates = imagenet_templates() if self.config.templates else None
         self.text_direction = clip.text_direction(source, target, templates)
         self.prompt_similarity = clip.prompt_similarity(source, target)
-        lr = self.config.lambda_recon
-        self.lambda_recon = 3.0 * self.prompt_similarity if lr is None else float(lr)
+        self.lambda_recon = self.config.lambda_recon_for(self.prompt_similarity)
         self._templates = templates
         self._per_source: dict[str, Tensor] = {}
 

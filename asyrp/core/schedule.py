@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ddim import alpha_prod, ddim_invert, pred_original_sample, timestep_grid
 from ..models.diffusion import DiffusionModel
 from ..models.perceptual import Perceptual
+from .config import check_interval
+from .ddim import alpha_prod, ddim_invert, pred_original_sample, timestep_grid
 
 Tensor = torch.Tensor
 
@@ -103,8 +104,7 @@ class Schedule:
     source: str = "lpips"  # "lpips" | "override"
 
     def __post_init__(self):
-        if not 0 <= self.t_boost < self.t_edit:
-            raise ValueError(f"need 0 <= t_boost < t_edit, got t_boost={self.t_boost}, t_edit={self.t_edit}")
+        check_interval(self.t_edit, self.t_boost)
 
 
 def choose_schedule(

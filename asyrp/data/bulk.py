@@ -10,40 +10,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..api import invert
+from ..core.config import BulkInversion
 from ..core.ddim import timestep_grid
+from ..core.train import source_trajectory
+from ..models.diffusion import DiffusionModel
 from .images import load_images, to_uint8
 from .latents import run_sharded
-from ..models.diffusion import DiffusionModel
-from ..core.train import source_trajectory
 
 
-@dataclass
-class BulkInversion:
-    n_inv_steps: int = 40
-    spacing: str = "uniform"
-    t_0: int | None = None  # inversion depth (None: T - 1); training and editing must use the same
-    n_train_steps: int = 40  # grid of the cached source trajectory (training's)
-    cache_source: bool = True
-    cache_min_t: int = 300
-    reconstruct: bool = False
-    shard_size: int = 64
-    batch_size: int = 8
-    timings: dict = field(default_factory=lambda: {"images": 0, "seconds": 0.0, "passes": 0})
+def cached_timesteps(cfg: BulkInversion, num_train_timesteps: int = 1000) -> list[int]:
+    """Training-grid timesteps t >= cache_min_t whose P_t^source is cached, from the top (none without cache_source)."""
+    grid = timestep_grid(cfg.n_train_steps, num_train_timesteps, cfg.spacing, cfg.t_0)
+    return sorted((int(t) for t in grid if t >= cfg.cache_min_t), reverse=True) if cfg.cache_source else []
 
-    def cached_timesteps(self, num_train_timesteps: int = 1000) -> list[int]:
-        grid = timestep_grid(self.n_train_steps, num_train_timesteps, self.spacing, self.t_0)
-        return sorted((int(t) for t in grid if t >= self.cache_min_t), reverse=True) if self.cache_source else []
 
-    def passes_per_image(self, num_train_timesteps: int = 1000) -> int:
-        """U-Net forwards per image: inversion, cached source steps, reconstruction."""
-        n = self.n_inv_steps - 1 + len(self.cached_timesteps(num_train_timesteps))
-        return n + (self.n_train_steps if self.reconstruct else 0)
+def passes_per_image(cfg: BulkInversion, num_train_timesteps: int = 1000) -> int:
+    """U-Net forwards per image: inversion, cached source steps, reconstruction."""
+    n = cfg.n_inv_steps - 1 + len(cached_timesteps(cfg, num_train_timesteps))
+    return n + (cfg.n_train_steps if cfg.reconstruct else 0)
 
 
 def invert_to_shards(
@@ -58,8 +47,8 @@ def invert_to_shards(
     """DDIM-invert image files ``(id, path)`` into Parquet shards under ``out_dir``; resumable."""
     T = model.num_train_timesteps
     train_grid = timestep_grid(cfg.n_train_steps, T, cfg.spacing, cfg.t_0)
-    cached_ts = cfg.cached_timesteps(T)
-    passes = cfg.passes_per_image(T)
+    cached_ts = cached_timesteps(cfg, T)
+    passes = passes_per_image(cfg, T)
 
     @torch.inference_mode()
     def batch(chunk: list[tuple[str, str]]) -> dict[str, np.ndarray]:

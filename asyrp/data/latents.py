@@ -337,8 +337,18 @@ def run_sharded(
     chunks = [items[k : k + shard_size] for k in range(0, len(items), shard_size)]
     paths = [out_dir / f"shard-{k:05d}.parquet" for k in range(len(chunks))]
     if only_shards is not None:
-        return _run_some(items, chunks, paths, out_dir, process_batch, scalars_fn, batch_size, metadata,
-                         overwrite, sorted(set(only_shards)))
+        return _run_some(
+            items,
+            chunks,
+            paths,
+            out_dir,
+            process_batch,
+            scalars_fn,
+            batch_size,
+            metadata,
+            overwrite,
+            sorted(set(only_shards)),
+        )
     lock = _lock(out_dir)
     try:
         existing = _scan_existing(out_dir, metadata, overwrite)
