@@ -88,16 +88,17 @@ def test_failing_job_is_kept_retried_then_set_aside(tmp_path, monkeypatch, param
 @pytest.mark.parametrize("stage", sorted(tracking.LOGGED))
 def test_what_is_logged_and_queued_is_what_the_stage_declares(stage):
     """Every file tracking logs for a stage (and so queues) is one that stage writes per pipeline.layout: a DVC
-    out, metric or plot of it, or inside an out folder (the optional oracle grid: toy profiles only)."""
+    out, record, metric or plot of it, or inside an out folder (the optional oracle grid: toy profiles only)."""
     lay = Layout("outputs")
     item = "red" if stage in PER_ITEM else None
     outputs = lay.stage(stage, item)
-    declared = outputs.outs + outputs.metrics + outputs.plots
+    declared = outputs.outs + outputs.records + outputs.metrics + outputs.plots
     what = tracking.logged(stage, item, lay)
     assert what.files(), f"{stage} is in the table but logs nothing"
     for f in [f for f, _ in what.metrics + what.artifacts] + list(what.reads):
         assert any(f == d or d in f.parents for d in declared), f"{stage} logs {f}, which it does not declare"
-    assert {f for f, _ in what.metrics} <= set(outputs.metrics)  # logged as MLflow metrics: DVC metrics too
+    # logged as MLflow metrics: the stage's full metrics files (DVC shows their headline.json)
+    assert {f for f, _ in what.metrics} <= set(outputs.records)
     assert tracking.stage_files(stage, item, lay) == [lay.download.manifest, *what.files()]
     for f, _ in what.optional:
         assert f.parent == lay.evaluate("red").oracle.folder  # the only file a profile may not write
