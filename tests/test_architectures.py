@@ -522,7 +522,7 @@ def test_random_preset_builtin():
 
 
 def test_params_model_spec_fields():
-    from pipeline.params import ModelSpec
+    from pipeline.blocks import ModelSpec
 
     spec = ModelSpec(id="pretrained/afhq_dog_4m.pt", image_size=256, preset="iddpm-afhq-dog-256", sha256="a" * 64)
     assert spec.preset == "iddpm-afhq-dog-256"

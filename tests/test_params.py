@@ -10,6 +10,7 @@ from ruamel.yaml import YAML
 
 from pipeline import params as P
 from pipeline import use_profile
+from pipeline.blocks import ClipSpec
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -306,7 +307,7 @@ def test_cli_exit_codes(tmp_path, capsys, raw):
 def test_profile_overrides_merge(params):
     assert params.inversion.n_train_images == 1000 and params.active_inversion.n_train_images == 16
     assert params.active_inversion.spacing == params.inversion.spacing  # not overridden: inherited
-    assert params.active_evaluate.clip == P.ClipSpec(name="offline:tiny", pretrained=None)
+    assert params.active_evaluate.clip == ClipSpec(name="offline:tiny", pretrained=None)
     celeba = params.blocks("celeba_hq")
     assert celeba.inversion.n_train_images == 1000 and celeba.evaluate.clip.name == "ViT-B-32"
 
@@ -315,7 +316,7 @@ def test_nested_override_is_deep_merged(raw):
     data = copy.deepcopy(raw)
     data["profiles"]["offline"]["overrides"]["evaluate"] = {"clip": {"pretrained": "laion2b"}}
     params = P.params_from_dict(data)
-    assert params.active_evaluate.clip == P.ClipSpec(name="ViT-B-32", pretrained="laion2b")
+    assert params.active_evaluate.clip == ClipSpec(name="ViT-B-32", pretrained="laion2b")
     assert params.active_evaluate.n_images == 100
 
 
