@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 Tensor = torch.Tensor
@@ -185,13 +185,26 @@ def build_direction(config: DirectionConfig) -> nn.Module:
     raise ValueError(f"unknown direction kind {config.kind!r}; choose one of {KINDS}")
 
 
+def stable_safetensors(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the header's keys sorted: safetensors writes its metadata map in a random order per
+    call, so identical tensors gave files of different sha256 and DVC reran everything downstream."""
+    raw = save(state, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    sorted_header = {k: dict(sorted(v.items())) if k == "__metadata__" else v for k, v in sorted(header.items())}
+    text = json.dumps(sorted_header, separators=(",", ":")).encode()
+    if len(text) > n:  # cannot happen (same content, compact separators); refuse rather than corrupt
+        raise RuntimeError("safetensors header grew when sorted")
+    return raw[:8] + text.ljust(n, b" ") + raw[8 + n :]  # the spec pads the header with spaces
+
+
 def save_direction(direction: nn.Module, config: DirectionConfig, path: str | Path) -> Path:
     """Write ``<path>.safetensors`` + ``<path>.json`` (path given with or without suffix); returns the stem."""
     stem = Path(path).with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in direction.state_dict().items()}
     tmp = stem.with_name(stem.name + ".tmp.safetensors")
-    save_file(state, str(tmp), metadata={"asyrp_kind": config.kind, "version": str(FORMAT_VERSION)})
+    tmp.write_bytes(stable_safetensors(state, {"asyrp_kind": config.kind, "version": str(FORMAT_VERSION)}))
     tmp.replace(stem.with_suffix(".safetensors"))
     stem.with_suffix(".json").write_text(config.to_json() + "\n")
     return stem
