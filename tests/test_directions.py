@@ -93,8 +93,8 @@ def test_saved_direction_files_are_byte_stable(tmp_path):
 
     cfg = DirectionConfig(kind="official", h_shape=(32, 2, 2), temb_channels=16)
     d = build_direction(cfg)
-    digests = {hashlib.sha256(save_direction(d, cfg, tmp_path / f"d{i}").with_suffix(".safetensors").read_bytes()).hexdigest()
-               for i in range(20)}  # fmt: skip
+    files = [save_direction(d, cfg, tmp_path / f"d{i}").with_suffix(".safetensors") for i in range(20)]
+    digests = {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     assert len(digests) == 1
     loaded, _ = load_direction(tmp_path / "d0")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), d.state_dict().values(), strict=True))
