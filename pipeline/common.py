@@ -152,8 +152,9 @@ def track(params: Params, stage: str, attribute: str | None, out: Path, params_t
     try:
         if params_text is not None and tracking.async_enabled():
             tracking.enqueue(params_text, stage, attribute, out, params)
-            if stage == "report":  # the last stage of a run: everything is in MLflow when it ends
+            if stage == "report":  # the last stage of a run: everything is in MLflow when it ends, or it says not
                 tracking.drain(out)
+                print(tracking.pending_line(out), flush=True)
             else:
                 tracking.spawn_drain(out)
                 print(f"mlflow: queued {where} ({tracking.tracking_uri()}; logged in the background)")
@@ -181,8 +182,8 @@ def track_failure(
             tracking.enqueue(params_text, stage, attribute, out, params, outcome=status, error=error)
             if status == "KILLED":
                 tracking.spawn_drain(out)
-            else:
-                tracking.drain(out)  # prints what it logged
+            elif tracking.drain(out):  # prints what it logged; what it could not log is said with the retry
+                print(tracking.pending_line(out), flush=True)
             return
         run_id = tracking.log_failure(params, stage, attribute, error, out, status=status)
         print(f"mlflow: marked {at} {status} in run {run_id} ({tracking.tracking_uri()})")

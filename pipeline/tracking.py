@@ -26,8 +26,15 @@ importing MLflow and opening its store cost ~5 s, more than many stages' own wor
 the few files it logs into ``<out>/.tracking/queue/<job>/`` and starts a detached ``python -m pipeline.tracking
 drain``, which logs the queue in order under a file lock while the next stage starts. ``report`` drains the
 queue before it finishes, so when `dvc repro` ends MLflow holds every stage; ``python -m pipeline.tracking
-drain`` waits for and reports anything left. A job that fails 3 times moves to ``.tracking/failed/``. A
-stage that fails queues its FAILED mark the same way (in order after what it follows) and drains at once.
+drain`` waits for and reports anything left. A stage that fails queues its FAILED mark the same way (in order
+after what it follows) and drains at once.
+
+When the store is down, a job stays queued: its attempts and next attempt time (backoff: 30 s, doubling, at most
+an hour) are kept in its job.json, so later drains (the next stages', `report`'s, the CLI's) retry it; it moves to
+``.tracking/failed/`` only when it still fails 24 h (``ASYRP_MLFLOW_RETRY_HOURS``) after it was queued, and
+``python -m pipeline.tracking drain --retry-failed`` queues it again. A drain bounds MLflow's HTTP retries and
+stops trying once the server does not answer, so `report` never waits minutes on a dead server; it ends with a
+line on what is still queued or failed and the command that retries it.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,11 +388,28 @@ def register_direction(c, run: str, name: str, source: str, target: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ the queue
-MAX_ATTEMPTS = 3
+# A job that fails stays queued and is retried with backoff: its attempts and next attempt time are in its job.json,
+# so the count spans drainer runs. It moves to failed/ only when it still fails RETRY_HOURS after it was queued
+# (ASYRP_MLFLOW_RETRY_HOURS); `drain --retry-failed` queues those again.
+RETRY_HOURS = 24.0
+BACKOFF_S, MAX_BACKOFF_S = 30, 3600  # the wait after the n-th failure: 30 s * 2^(n-1), at most an hour
+# MLflow's HTTP client retries a request 7 times over ~4 min with a 120-s timeout per try (its defaults): `report`
+# drained a queue against a dead server for ~4 min per job (505 s; 742 s for 3 jobs). A drain bounds them (the
+# queue itself retries later); a user's own settings of these variables win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+RETRY_COMMAND = "python -m pipeline.tracking drain --retry-failed"
 
 
 def async_enabled() -> bool:
     return os.environ.get("ASYRP_MLFLOW_ASYNC", "1").lower() not in ("0", "false", "no", "off")
+
+
+def retry_hours() -> float:
+    return float(os.environ.get("ASYRP_MLFLOW_RETRY_HOURS", RETRY_HOURS))
 
 
 def stage_files(stage: str, attribute: str | None, lay: Layout) -> list[Path]:
@@ -394,6 +419,17 @@ def stage_files(stage: str, attribute: str | None, lay: Layout) -> list[Path]:
 
 def queue_dir(out: Path) -> Path:
     return Path(out) / ".tracking" / "queue"
+
+
+def failed_dir(out: Path) -> Path:
+    return Path(out) / ".tracking" / "failed"
+
+
+def write_job(job_dir: Path, job: dict) -> None:
+    """job.json replaced whole (temp file + rename): a crash mid-write never leaves a torn one."""
+    tmp = job_dir / ".job.json.tmp"
+    tmp.write_text(json.dumps(job))
+    os.replace(tmp, job_dir / "job.json")
 
 
 def enqueue(
@@ -419,63 +455,170 @@ def enqueue(
             shutil.copy2(f, dst)
     commit = git_commit()
     job = {"stage": stage, "attribute": attribute, "params": params_text, "commit": commit, "attempts": 0,
-           "key": reproduction_key(params, commit)}  # fmt: skip
+           "key": reproduction_key(params, commit), "queued_at": time.time()}  # fmt: skip
     if outcome:
         job.update(outcome=outcome, stage_error=error or "")
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "job.json").write_text(json.dumps(job))
+    write_job(tmp, job)
     tmp.rename(q / name)  # a job appears whole or not at all
     return q / name
 
 
 def spawn_drain(out: Path) -> None:
-    """Start a detached drainer (its output goes to <out>/.tracking/drain.log)."""
+    """Start a detached drainer of the jobs that are due (its output goes to <out>/.tracking/drain.log)."""
     log = open(Path(out) / ".tracking" / "drain.log", "a")  # noqa: SIM115 - handed to the child
     subprocess.Popen(
-        [sys.executable, "-m", "pipeline.tracking", "drain", "--out", str(out)],
+        [sys.executable, "-m", "pipeline.tracking", "drain", "--due-only", "--out", str(out)],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
 
 
-def drain(out: Path = OUT, quiet: bool = False) -> list[str]:
-    """Log every queued job in order (waits for a running drainer first); returns the jobs that failed."""
-    import fcntl
+def _jobs(folder: Path) -> list[Path]:
+    """The jobs in a queue folder, oldest first (names start with the time they were queued)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
 
+
+def job_where(job_dir: Path) -> str:
+    """'train@red' of a job folder <time>-train-red (from its name: its job.json may be torn)."""
+    _, stage, *attribute = job_dir.name.split("-", 2)
+    return where(stage, attribute[0] if attribute else None)
+
+
+@contextmanager
+def _bounded_http():
+    """MLflow's HTTP retries and timeout bounded (HTTP_LIMITS) while a drain runs, then as they were."""
+    saved = {k: os.environ.get(k) for k in HTTP_LIMITS}
+    for k, v in HTTP_LIMITS.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+def store_answers(timeout: float = 5.0) -> bool:
+    """Whether the tracking server answers at all (any HTTP status); a store that is no server (sqlite, files)
+    counts as answering. Asked after a job failed: when the server is down, the rest need not wait on it too."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()  # noqa: S310 - the user's URI
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _set_aside(job_dir: Path, out: Path, error: str | None = None) -> Path:
+    """Move a job to failed/ (with ``error`` in error.txt where its job.json cannot hold it)."""
+    dest = failed_dir(out) / job_dir.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    job_dir.rename(dest)
+    if error:
+        (dest / "error.txt").write_text(error + "\n")
+    return dest
+
+
+def _log_job(job_dir: Path, job: dict, quiet: bool) -> None:
     from .params import params_from_dict, parse_yaml
 
-    q = queue_dir(out)
+    stage, attribute, files, outcome = job["stage"], job["attribute"], job_dir / "out", job.get("outcome")
+    params = params_from_dict(parse_yaml(job["params"], job_dir.name), job_dir.name)
+    if outcome:
+        err = job.get("stage_error", "")
+        run = log_failure(params, stage, attribute, err, files, job["key"], job["commit"], outcome)
+    else:
+        run = log_stage(params, stage, attribute, files, job["key"], commit=job["commit"])
+    shutil.rmtree(job_dir)
+    if not quiet:
+        did = f"marked {where(stage, attribute)} {outcome} in" if outcome else f"logged {where(stage, attribute)} to"
+        print(f"mlflow: {did} run {run} ({tracking_uri()})", flush=True)
+
+
+def _retry_later(job_dir: Path, job: dict, err: Exception, out: Path) -> str:
+    """Count a failed attempt in the job and set its next one; past the time budget, move it to failed/."""
+    now = time.time()
+    job["attempts"] = job.get("attempts", 0) + 1
+    job["error"] = f"{type(err).__name__}: {err}"
+    job["next_attempt"] = now + min(BACKOFF_S * 2 ** (job["attempts"] - 1), MAX_BACKOFF_S)
+    queued = job.setdefault("queued_at", now)  # jobs queued before the time budget existed: from now
+    write_job(job_dir, job)
+    clock = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
+    if now - queued >= retry_hours() * 3600:
+        kept = _set_aside(job_dir, out)
+        tail = f"gave up after {retry_hours():g} h, kept in {kept.parent}"
+    else:
+        tail = f"retried from {clock(job['next_attempt'])} until {clock(queued + retry_hours() * 3600)}"
+    return f"{job_where(job_dir)}: {job['error']} (attempt {job['attempts']}; {tail})"
+
+
+def drain(out: Path = OUT, quiet: bool = False, due_only: bool = False) -> list[str]:
+    """Log every queued job in order (waits for a running drainer first); returns the jobs that failed.
+
+    ``due_only`` (a stage's detached drainer): stop at the first job whose next attempt is not due (the queue is
+    logged in order); `report` and the CLI try every job now. When a job fails and the tracking server does not
+    answer, the rest stay queued untried. A torn job.json is set aside in failed/ and the rest drain."""
+    import fcntl
+
+    q, failed = queue_dir(out), []
     if not q.is_dir():
         return []
-    failed = []
-    with open(q / ".lock", "w") as lock:
+    with open(q / ".lock", "w") as lock, _bounded_http():
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for job_dir in sorted(p for p in q.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            job = json.loads((job_dir / "job.json").read_text())  # written whole: see enqueue
-            stage, attribute, files, outcome = job["stage"], job["attribute"], job_dir / "out", job.get("outcome")
-            at = where(stage, attribute)
+        for job_dir in _jobs(q):
             try:
-                params = params_from_dict(parse_yaml(job["params"], job_dir.name), job_dir.name)
-                if outcome:
-                    err = job.get("stage_error", "")
-                    run = log_failure(params, stage, attribute, err, files, job["key"], job["commit"], outcome)
-                else:
-                    run = log_stage(params, stage, attribute, files, job["key"], commit=job["commit"])
-                shutil.rmtree(job_dir)
-                if not quiet:
-                    did = f"marked {at} {outcome} in" if outcome else f"logged {at} to"
-                    print(f"mlflow: {did} run {run} ({tracking_uri()})", flush=True)
-            except Exception as err:  # noqa: BLE001 - kept on disk and retried; say what failed
-                job["attempts"] += 1
-                job["error"] = f"{type(err).__name__}: {err}"
-                (job_dir / "job.json").write_text(json.dumps(job))
-                if job["attempts"] >= MAX_ATTEMPTS:
-                    dest = q.parent / "failed" / job_dir.name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    job_dir.rename(dest)
-                failed.append(f"{at}: {job['error']} (attempt {job['attempts']} of {MAX_ATTEMPTS})")
+                job = json.loads((job_dir / "job.json").read_text())
+            except (OSError, ValueError) as err:  # torn or missing: no attempt can log it
+                error = f"unreadable job.json ({type(err).__name__}: {err})"
+                failed.append(f"{job_where(job_dir)}: {error}; set aside in {_set_aside(job_dir, out, error)}")
                 print(f"warning: MLflow logging of {failed[-1]}", file=sys.stderr, flush=True)
+                continue
+            if due_only and job.get("next_attempt", 0) > time.time():
+                break
+            try:
+                _log_job(job_dir, job, quiet)
+            except Exception as err:  # noqa: BLE001 - kept on disk and retried; say what failed
+                failed.append(_retry_later(job_dir, job, err, out))
+                print(f"warning: MLflow logging of {failed[-1]}", file=sys.stderr, flush=True)
+                if not store_answers():
+                    print(
+                        f"warning: {tracking_uri()} does not answer; the rest stay queued", file=sys.stderr, flush=True
+                    )
+                    break
     return failed
+
+
+def requeue_failed(out: Path) -> int:
+    """Move the jobs given up on (failed/) back to the queue with a fresh time budget; returns how many."""
+    jobs = _jobs(failed_dir(out))
+    queue_dir(out).mkdir(parents=True, exist_ok=True)
+    for job_dir in jobs:  # their names keep their place: before the jobs queued after them
+        try:
+            job = json.loads((job_dir / "job.json").read_text())
+            job.update(attempts=0, queued_at=time.time(), next_attempt=0)
+            write_job(job_dir, job)
+        except (OSError, ValueError):
+            pass  # torn: the drain sets it aside again, with its error
+        job_dir.rename(queue_dir(out) / job_dir.name)
+    return len(jobs)
+
+
+def pending_line(out: Path) -> str:
+    """One line on what is not in MLflow yet (queued, given up) and the command that retries it."""
+    queued, failed = [job_where(j) for j in _jobs(queue_dir(out))], [job_where(j) for j in _jobs(failed_dir(out))]
+    if not queued and not failed:
+        return f"mlflow: every queued stage is logged ({tracking_uri()})"
+    parts = [f"{len(queued)} still queued ({', '.join(queued)})"] if queued else []
+    parts += [f"{len(failed)} failed ({', '.join(failed)}) in {failed_dir(out)}"] if failed else []
+    return f"mlflow: {'; '.join(parts)}: not logged to {tracking_uri()}; retry with `{RETRY_COMMAND} --out {out}`"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -483,12 +626,17 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("drain", help="log every queued stage (waits for a running drainer), then exit")
     d.add_argument("--out", default=str(OUT))
+    d.add_argument("--retry-failed", action="store_true", help="queue the jobs in failed/ again first")
+    d.add_argument("--due-only", action="store_true", help="stop at a job whose next retry is not due")
     args = ap.parse_args(argv)
-    failed = drain(Path(args.out))
-    gone = sorted((Path(args.out) / ".tracking" / "failed").glob("*"))
-    if gone:
-        print(f"{len(gone)} job(s) gave up after {MAX_ATTEMPTS} attempts, kept in {gone[0].parent}", file=sys.stderr)
-    sys.exit(1 if failed or gone else 0)
+    out = Path(args.out)
+    if args.retry_failed:
+        print(f"mlflow: {requeue_failed(out)} failed job(s) queued again", flush=True)
+    failed = drain(out, due_only=args.due_only)
+    line = pending_line(out)
+    left = bool(_jobs(queue_dir(out)) or _jobs(failed_dir(out)))
+    print(line, file=sys.stderr if left else sys.stdout, flush=True)
+    sys.exit(1 if failed or left else 0)
 
 
 def load_registered_direction(uri: str, device="cpu"):

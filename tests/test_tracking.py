@@ -68,17 +68,21 @@ def test_queued_job_logs_what_the_stage_wrote_like_in_process(tmp_path, monkeypa
 
 
 def test_failing_job_is_kept_retried_then_set_aside(tmp_path, monkeypatch, params_text):
+    """Retried over time, not per drainer run: given up only when it still fails once its time budget is spent."""
     params = params_from_dict(yaml.safe_load(params_text))
     out = tmp_path / "out"
     finished_schedule(out, 224)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
     job = tracking.enqueue(params_text, "schedule", None, out, params)
-    for attempt in range(1, tracking.MAX_ATTEMPTS + 1):
+    for attempt in range(1, 5):
         (failed,) = tracking.drain(out, quiet=True)
-        assert failed.startswith("schedule: ") and f"attempt {attempt} of" in failed
-    assert not job.exists()
+        assert failed.startswith("schedule: ") and f"(attempt {attempt}; retried from" in failed
+    assert job.exists()
+    monkeypatch.setenv("ASYRP_MLFLOW_RETRY_HOURS", "0")
+    (failed,) = tracking.drain(out, quiet=True)
+    assert "(attempt 5; gave up after 0 h" in failed and not job.exists()
     kept = tmp_path / "out" / ".tracking" / "failed" / job.name
-    assert json.loads((kept / "job.json").read_text())["attempts"] == tracking.MAX_ATTEMPTS
+    assert json.loads((kept / "job.json").read_text())["attempts"] == 5
     assert (kept / "out" / "schedule" / "metrics.json").exists()  # nothing lost: the copy is still there
     with pytest.raises(SystemExit) as exit_:
         tracking.main(["drain", "--out", str(out)])
