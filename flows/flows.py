@@ -125,8 +125,12 @@ def attribute_name(target: str) -> str:
     return name[:48] or "attribute"
 
 
-def _check_new(data: dict, name: str, source: str, target: str, out: str, overwrite: bool) -> None:
+def _check_new(
+    data: dict, name: str, source: str, target: str, out: str, overwrite: bool, lambda_clip: float | None
+) -> None:
     problems = []
+    if lambda_clip is not None and not lambda_clip > 0:  # params require it too; 0 must not mean "the default"
+        problems.append(f"lambda_clip: must be > 0 (or left out for the catalog's value), got {lambda_clip}")
     if not source.strip():
         problems.append("source: the source prompt is empty")
     if not target.strip():
@@ -164,7 +168,7 @@ def new_attribute(
     log = get_run_logger()
     data = load_params_dict(params_path, profile)
     name = name or attribute_name(target)
-    _check_new(data, name, source, target, out, overwrite)
+    _check_new(data, name, source, target, out, overwrite, lambda_clip)
     catalog = data["catalog"][data["profile"]]
     default_clip = next(iter(catalog.values()), {}).get("lambda_clip", 0.8)
     data["custom_attributes"] = {
@@ -172,7 +176,7 @@ def new_attribute(
         name: {
             "source": source,
             "target": target,
-            "lambda_clip": lambda_clip or default_clip,
+            "lambda_clip": default_clip if lambda_clip is None else lambda_clip,
             "lambda_recon": "auto" if lambda_recon is None else lambda_recon,
             "from_noise": from_noise,
         },

@@ -120,6 +120,10 @@ class Params(Strict):
                 where = f"profile {self.profile!r} (catalog {profile.catalog!r} + custom_attributes)"
                 problems.append(f"attributes[{i}]: unknown attribute {attr!r} for {where}{_choices(attr, [*valid])}")
             seen.add(attr)
+        for attr in self.active_schedule.overrides:  # t_edit_default and an override's t_boost: both known here
+            te, tb = self.fixed_times(attr)
+            if te and tb and not tb[1] < te[1]:
+                problems.append(f"{te[0]}: {te[1]} must be above {tb[0]}={tb[1]} (need t_boost < t_edit)")
         n_coef, n_attr = len(self.active_edit.coefficients), len(self.attributes)
         if n_coef not in (1, n_attr):
             problems.append(f"edit.coefficients: {n_coef} values for {n_attr} attributes (give 1 or {n_attr})")
@@ -160,6 +164,17 @@ class Params(Strict):
     def active_attributes(self) -> dict[str, AttributeSpec]:
         """The attributes that run, in the order of ``attributes``."""
         return {name: self.attribute(name) for name in self.attributes}
+
+    def fixed_times(self, attr: str) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+        """(key, value) of the params that fix ``attr``'s t_edit and t_boost; None: the LPIPS curves choose."""
+        sch = self.active_schedule
+        over = sch.overrides.get(attr)
+        if over and over.t_edit is not None:
+            t_edit = (f"schedule.overrides.{attr}.t_edit", over.t_edit)
+        else:
+            t_edit = ("schedule.t_edit_default", sch.t_edit_default) if sch.t_edit_default is not None else None
+        t_boost = (f"schedule.overrides.{attr}.t_boost", over.t_boost) if over and over.t_boost is not None else None
+        return t_edit, t_boost
 
     @property
     def active_coefficients(self) -> dict[str, float]:

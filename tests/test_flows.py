@@ -86,6 +86,7 @@ def test_new_attribute_flow_trains_evaluates_and_registers(harness, tmp_path):
         (dict(source="", target="a red shape"), "source prompt is empty"),
         (dict(source="a shape", target="a red shape", name="red"), "already exists"),
         (dict(source="a shape", target="x", profile="nowhere"), "unknown profile"),
+        (dict(source="a shape", target="a pale shape", lambda_clip=0), "lambda_clip: must be > 0"),  # not the default
     ],
 )
 def test_bad_parameters_fail_fast(harness, tmp_path, kwargs, msg):

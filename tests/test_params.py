@@ -235,6 +235,10 @@ def test_prompts_are_lower_case(params):
             lambda d: d["schedule"]["overrides"].update(red={"t_edit": 1000}),
             "schedule.overrides.red.t_edit: must be <= 999, got 1000",
         ),
+        (  # both in params: refused at load, not 15 s into train@red
+            lambda d: d["schedule"].update(t_edit_default=200, overrides={"red": {"t_boost": 250}}),
+            "schedule.t_edit_default: 200 must be above schedule.overrides.red.t_boost=250 (need t_boost < t_edit)",
+        ),
         (
             lambda d: d["schedule"]["overrides"].update(purple={"t_edit": 500}),
             "schedule.overrides.purple: unknown attribute",

@@ -15,6 +15,7 @@ to import, and a ``ClipModel`` wrapper needs only torch.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,6 +55,8 @@ class ClipModel(nn.Module):
         self.name, self.pretrained, self.image_size = name, pretrained, int(image_size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._checked: set[str] = set()  # prompts whose length was checked (each warns once)
+        self.truncated: set[str] = set()  # prompts cut to the text context (the stages record them)
 
     @property
     def is_pretrained(self) -> bool:
@@ -85,8 +88,27 @@ class ClipModel(nn.Module):
         """list of N prompts -> (N, D) unit embeddings, E_T."""
         if any(not p.strip() for p in prompts):
             raise ValueError("prompts must be non-empty strings")
-        tokens = self.tokenizer(prompts).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        tokens = self.tokenizer(prompts)
+        for p in set(prompts) - self._checked:
+            self._check_length(p, tokens[prompts.index(p)])
+        return F.normalize(self.model.encode_text(tokens.to(self.device)).float(), dim=-1)
+
+    def _check_length(self, prompt: str, tokens: Tensor) -> None:
+        """Warn (once per prompt) where the tokenizer cut ``prompt`` to the text context: open_clip truncates
+        silently, and CLIP then embeds only its start. Seen by tokenizing with a longer context: the tokens differ."""
+        self._checked.add(prompt)
+        context = getattr(self.tokenizer, "context_length", None)
+        try:
+            longer = self.tokenizer([prompt], context_length=4 * context)[0] if context else None
+        except TypeError:  # a tokenizer without a context_length argument (the toy word tokenizer): unknown
+            return
+        if longer is not None and not torch.equal(longer[: len(tokens)], tokens):
+            self.truncated.add(prompt)
+            warnings.warn(
+                f"CLIP {self.name}: the prompt {prompt!r} is longer than its {context}-token text context and is "
+                "truncated (only its start is embedded); shorten it",
+                stacklevel=3,
+            )
 
     @torch.no_grad()
     def text_embedding(self, prompt: str, templates: list[str] | None = None) -> Tensor:

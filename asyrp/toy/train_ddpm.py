@@ -73,7 +73,7 @@ def train(args) -> None:
     step0 = 0
     ckpt = out / "ckpt.pt"
     if ckpt.is_file() and not args.fresh:
-        st = torch.load(ckpt, map_location="cpu")
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and numbers only: no code runs
         unet.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])

@@ -70,6 +70,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "attribute": attr,
         "source": spec.source,
         "target": spec.target,
+        "truncated_prompts": sorted(clip.truncated),  # cut to the evaluation CLIP's text context (it warned)
         "s_dir": mean_ci(s_dir),
         "clip": f"{clip.name}/{clip.pretrained}",
         "clip_is_pretrained": clip.is_pretrained,

@@ -8,6 +8,7 @@ outputs/report/report.csv   the same numbers, one row per attribute
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from ..params import Params
 
 def _fmt(x, digits=3) -> str:
     return "–" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _md(text) -> str:
+    """Text (a prompt) as Markdown shows it literally: HTML escaped (it would render), no line breaks."""
+    return html.escape(str(text), quote=False).replace("\r", " ").replace("\n", " ")
+
+
+def _cell(text) -> str:
+    """A Markdown table cell: `_md`, and ``|`` escaped (it would start a new column)."""
+    return _md(text).replace("|", "\\|")
 
 
 def _ci(m: dict | None, digits=3, pct=False) -> str:
@@ -99,8 +110,8 @@ def markdown(params: Params, rows: list[dict], out: Path) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['attribute']} | {r['source']} | {r['target']} | {_fmt(r['clip_similarity'])} | {r['t_edit']} | "
-            f"{r['t_boost']} | {r['chosen_by']} | {_fmt(r['paper_clip_similarity'])} | "
+            f"| {r['attribute']} | {_cell(r['source'])} | {_cell(r['target'])} | {_fmt(r['clip_similarity'])} | "
+            f"{r['t_edit']} | {r['t_boost']} | {r['chosen_by']} | {_fmt(r['paper_clip_similarity'])} | "
             f"{_fmt(r['paper_t_edit'])} | {_fmt(r['paper_t_boost'])} |"
         )
     lines += [
@@ -133,7 +144,7 @@ def markdown(params: Params, rows: list[dict], out: Path) -> str:
     for r in rows:
         edit, trained = lay.edit(r["attribute"]), lay.train(r["attribute"])
         lines += [
-            f"### {r['attribute']}: '{r['source']}' -> '{r['target']}'",
+            f"### {r['attribute']}: '{_md(r['source'])}' -> '{_md(r['target'])}'",
             "",
             f"![grid]({rel(edit.grid)})  ",
             f"![sweep]({rel(edit.strip)})",

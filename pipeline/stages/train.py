@@ -1,7 +1,8 @@
 """Stage `train@<attribute>`: choose t_edit / t_boost from the LPIPS curves, then train f_t (Algorithm 2).
 
 outputs/attributes/<a>/train/direction.{safetensors,json}  the direction and its config
-outputs/attributes/<a>/train/schedule.json                 t_edit, t_boost, prompt similarity, thresholds
+outputs/attributes/<a>/train/schedule.json                 t_edit, t_boost, prompt similarity, thresholds, the
+                                                           prompts CLIP truncated to its text context
 outputs/attributes/<a>/train/loss.csv, loss.png            loss per optimiser step (DVC plot)
 outputs/attributes/<a>/train/metrics.json                  final losses, time
 
@@ -23,7 +24,7 @@ from asyrp.core.ddim import timestep_grid
 from asyrp.core.directions import save_direction
 from asyrp.core.edit import random_latents
 from asyrp.core.losses import AsyrpLoss
-from asyrp.core.schedule import choose_schedule
+from asyrp.core.schedule import choose_schedule, crossing_t, t_edit_threshold
 from asyrp.core.train import TrainBatch, edit_interval, train_direction
 from asyrp.data.latents import LatentStore
 
@@ -47,19 +48,39 @@ from ..params import Params
 HEADLINE = ("loss_final", "t_edit", "t_boost", "seconds")
 
 
+def check_fixed_times(params: Params, attr: str, out: Path, similarity: float | None = None) -> None:
+    """Refuse t_edit <= t_boost naming the params key and both values, where one comes from params and the other
+    from the LPIPS curves (choose_schedule's own error names no key; params load checks pairs both in params).
+    Without ``similarity`` (before the models load) only a fixed t_edit is checked: t_boost's rule needs no CLIP."""
+    te, tb = params.fixed_times(attr)
+    if bool(te) == bool(tb) or (not te and similarity is None):
+        return
+    sch, curves = params.active_schedule, load_curves(out)
+    edit_threshold = None if te else t_edit_threshold(similarity, sch.lpips_edit_threshold)
+    t_edit = te[1] if te else crossing_t(curves.t, curves.lpips_pred_x0, edit_threshold)
+    t_boost = tb[1] if tb else crossing_t(curves.t, curves.lpips_xt, sch.lpips_boost_threshold)
+    if t_boost < t_edit:
+        return
+    edit = f"{te[0]}={t_edit}" if te else f"t_edit={t_edit} (the LPIPS rule for these prompts)"
+    boost = f"{tb[0]}={t_boost}" if tb else f"t_boost={t_boost} (the schedule stage's LPIPS curves)"
+    fix = f"raise {te[0]}" if te else f"lower {tb[0]}"
+    raise ValueError(f"{attr}: {edit} must be above {boost}: need t_boost < t_edit; {fix}, or set both")
+
+
 def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict:
     """t_edit (0.33 x cos(prompts) on LPIPS(x, P_t)), t_boost (1.2 on LPIPS(x, x_t)), or the overrides."""
     spec, sch = params.attribute(attr), params.active_schedule
     similarity = clip.prompt_similarity(spec.source, spec.target)
-    over = sch.overrides.get(attr)
+    te, tb = params.fixed_times(attr)
     t_0 = params.active_inversion.t_0
+    check_fixed_times(params, attr, out, similarity)
     s = choose_schedule(
         load_curves(out),
         similarity,
         sch.lpips_edit_threshold,
         sch.lpips_boost_threshold,
-        t_edit=over.t_edit if over and over.t_edit is not None else sch.t_edit_default,
-        t_boost=over.t_boost if over else None,
+        t_edit=te[1] if te else None,
+        t_boost=tb[1] if tb else None,
     )
     if t_0 is not None and s.t_edit > t_0:
         raise ValueError(
@@ -124,11 +145,13 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
     spec, tr, inv = params.attribute(attr), params.active_train, params.active_inversion
     where = Layout(out).train(attr)
+    check_fixed_times(params, attr, out)  # a fixed t_edit below t_boost: before the model loads
     model = load_model(params)
     clip = load_train_clip(params, model.unet.device)
     sched = attribute_schedule(params, attr, clip, out)
-    write_json(where.schedule_json, sched)
     loss = AsyrpLoss(clip, spec.source, spec.target, params.loss_config(attr))
+    sched["truncated_prompts"] = sorted(clip.truncated)  # prompts (with templates) CLIP saw cut to its context
+    write_json(where.schedule_json, sched)
     info = {
         "lambda_clip": spec.lambda_clip,
         "lambda_recon": loss.lambda_recon,
