@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from .core.ddim import ddim_invert, timestep_grid
-from .core.directions import DirectionConfig, build_direction
+from .core.directions import DirectionConfig, build_direction, official_kind
 from .core.hspace import check_image_batch
+from .models.archs.convert import arch_family
 from .models.diffusion import DiffusionModel
 from .seeding import seeded
 
@@ -50,9 +51,14 @@ def new_direction(
     t_0: int | None = None,
     **train_info,
 ) -> tuple[nn.Module, DirectionConfig]:
-    """A fresh, seeded direction of ``kind`` sized for this model's h-space, with its config filled in."""
+    """A fresh, seeded direction of ``kind`` sized for this model's h-space, with its config filled in.
+
+    ``kind="official"`` is the official f_t of the model's family: the DDPM DeltaBlock, or ``official_guided`` for
+    a converted guided-diffusion (iDDPM / ADM) model (``asyrp.core.directions.official_kind``)."""
     if not source.strip() or not target.strip():
         raise ValueError("source and target prompts must be non-empty")
+    if kind == "official":
+        kind = official_kind(arch_family(model.unet.unet))
     grid = timestep_grid(n_train_steps, model.num_train_timesteps, spacing, t_0)
     config = DirectionConfig(
         kind=kind,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -27,6 +29,7 @@ from .tasks import (
     invert_finish_task,
     invert_shard_task,
     outputs_present,
+    params_of,
     plan_task,
     report_task,
     schedule_task,
@@ -71,13 +74,34 @@ def _attribute_stages(params_json: str, out: str, attributes: list[str], key: st
     return evaluate_task.map(params_json, out, attributes, key, edited).result()
 
 
+@contextmanager
+def _reproduction(params_json: str, key: str | None, finish: bool) -> Iterator[None]:
+    """The reproduction's parent MLflow run around a flow's stages: created first (so the mapped tasks all
+    find the one run), ended FAILED when a stage raises (a stage's own mark, naming it, is kept) and, with
+    ``finish`` (no `report` stage to end it), FINISHED at the end. Tracking failures only warn."""
+    p = params_of(params_json) if tracking.enabled() else None
+    if p is not None:
+        tracking.quietly("the reproduction", tracking.run_ids, p, None, key)
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as err:
+        if p is not None:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            error = tracking.error_text(err)
+            tracking.quietly("the reproduction", tracking.end_reproduction, p, key, status, error)
+        raise
+    if p is not None and finish:
+        tracking.quietly("the reproduction", tracking.end_reproduction, p, key)
+
+
 @flow(name="reproduce-run", log_prints=True)
 def _reproduce(params_json: str, out: str) -> dict:
     params = json.loads(params_json)
     key = tracking.reproduction_key(params_from_dict(params)) if tracking.enabled() else None
-    _dataset_stages(params_json, out)
-    results = _attribute_stages(params_json, out, params["attributes"], key)
-    report_task(params_json, out, results)
+    with _reproduction(params_json, key, finish=False):  # report_task ends the parent run
+        _dataset_stages(params_json, out)
+        results = _attribute_stages(params_json, out, params["attributes"], key)
+        report_task(params_json, out, results, key)
     return {"attributes": params["attributes"], "evaluate": results}
 
 
@@ -168,8 +192,9 @@ def new_attribute(
 
 @flow(name="new-attribute-run", log_prints=True)
 def _reproduce_attribute(params_json: str, out: str, name: str, key: str | None) -> dict:
-    _dataset_stages(params_json, out)
-    (metrics,) = _attribute_stages(params_json, out, [name], key)
+    with _reproduction(params_json, key, finish=True):
+        _dataset_stages(params_json, out)
+        (metrics,) = _attribute_stages(params_json, out, [name], key)
     return {"attribute": name, "evaluate": metrics}
 
 

@@ -123,11 +123,21 @@ def schedule_task(params_json: str, out: str) -> dict:
     return schedule.run(params_of(params_json), Path(out))
 
 
-def _tracked(stage: str, fn, params_json: str, out: str, attribute: str, key: str | None, **kw) -> dict:
-    p = params_of(params_json)
-    summary = fn(p, attribute, out=Path(out), **kw)
+def _tracked(stage: str, fn, params_json: str, out: str, attribute: str | None, key: str | None) -> dict:
+    """``fn`` (a stage's run) logged to MLflow as the DVC stage logs it: its run ends FINISHED, or FAILED (and
+    the parent with it) when the stage raises; a tracking failure only warns."""
+    p, at = params_of(params_json), tracking.where(stage, attribute)
+    try:
+        summary = fn(p, *([attribute] if attribute else []), out=Path(out))
+    except (Exception, KeyboardInterrupt) as err:
+        if tracking.enabled():
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            error = tracking.error_text(err)
+            tracking.quietly(at, tracking.log_failure, p, stage, attribute, error, Path(out), key, status=status)
+        raise
     if tracking.enabled():
-        summary = {**summary, "mlflow_run_id": tracking.log_stage(p, stage, attribute, Path(out), key=key)}
+        run = tracking.quietly(at, tracking.log_stage, p, stage, attribute, Path(out), key=key)
+        summary = {**summary, "mlflow_run_id": run}
     return summary
 
 
@@ -149,8 +159,9 @@ def evaluate_task(
 
 
 @task(name="report")
-def report_task(params_json: str, out: str, evaluated: list | None = None) -> dict:
-    return report.run(params_of(params_json), Path(out))
+def report_task(params_json: str, out: str, evaluated: list | None = None, key: str | None = None) -> dict:
+    """The report; its logging ends the reproduction's parent MLflow run FINISHED (as DVC's `report`)."""
+    return _tracked("report", report.run, params_json, out, None, key)
 
 
 def outputs_present(out: str, stage: str) -> bool:

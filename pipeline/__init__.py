@@ -1,0 +1,1 @@
+"""The DVC stage entry points (pipeline.stages), their params (params, blocks), output layout and tracking."""

@@ -240,14 +240,16 @@ Train = _block(
         "momentum": TrainConfig,
         "lr_step_size": TrainConfig,
         "lr_gamma": TrainConfig,
+        "lr_step_per": TrainConfig,
         "epochs": TrainConfig,
         "n_train_steps": TrainConfig,
         "batch_size": (PosInt, ...),
         "step_per": TrainConfig,
-        "direction": (Literal["official", "concat", "delta_h_t", "global"], ...),
+        # official: the official block of the model's family (official_guided for converted guided-diffusion models)
+        "direction": (Literal["official", "official_guided", "concat", "delta_h_t", "global"], ...),
         "loss_form": LossConfig,
         "clip_source": LossConfig,
-        "templates": (Literal["imagenet", "none"], ...),
+        "templates": LossConfig,
         "seed": TrainConfig,
     },
 )

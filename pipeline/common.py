@@ -164,6 +164,32 @@ def track(params: Params, stage: str, attribute: str | None, out: Path, params_t
         print(f"warning: MLflow logging of {stage} failed ({type(err).__name__}: {err})", file=sys.stderr)
 
 
+def track_failure(
+    params: Params, stage: str, attribute: str | None, out: Path, params_text: str | None, err: BaseException
+) -> None:
+    """The stage raised ``err``: its run and the reproduction's parent run end FAILED (KILLED: interrupted),
+    the error as a tag; never raises. Queued like `track`, and then drained at once: nothing runs after a
+    failed stage to drain it (an interrupt only starts the drainer)."""
+    from . import tracking
+
+    if not tracking.enabled():
+        return
+    status, error = ("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"), tracking.error_text(err)
+    at = tracking.where(stage, attribute)
+    try:
+        if params_text is not None and tracking.async_enabled():
+            tracking.enqueue(params_text, stage, attribute, out, params, outcome=status, error=error)
+            if status == "KILLED":
+                tracking.spawn_drain(out)
+            else:
+                tracking.drain(out)  # prints what it logged
+            return
+        run_id = tracking.log_failure(params, stage, attribute, error, out, status=status)
+        print(f"mlflow: marked {at} {status} in run {run_id} ({tracking.tracking_uri()})")
+    except Exception as exc:  # noqa: BLE001 - the stage's own error is what counts; say what failed
+        print(f"warning: MLflow logging of {at}'s failure failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
 EXPECTED_ERRORS = (ParamsError, ModelLoadError, ValueError, FileNotFoundError)
 
 
@@ -192,15 +218,20 @@ def stage_main(run: Callable[..., dict], description: str, attribute: bool = Fal
         ap.add_argument("--out", default=str(OUT))
         args = ap.parse_args(argv)
         extra = (args.attribute,) if attribute else ()
+        stage, item, out = _stage_name(run), extra[0] if extra else None, Path(args.out)
         loaded = {}
 
         def call() -> dict:
             loaded["text"] = Path(args.params).read_text()  # what a queued MLflow job logs (see track)
             loaded["params"] = params = load_params(args.params)
-            check_dvc_layout(params)
-            return run(params, *extra, out=Path(args.out))
+            try:
+                check_dvc_layout(params)
+                return run(params, *extra, out=out)
+            except (Exception, KeyboardInterrupt) as err:  # its MLflow runs end FAILED; run_cli reports it
+                track_failure(params, stage, item, out, loaded["text"], err)
+                raise
 
         run_cli(call)
-        track(loaded["params"], _stage_name(run), extra[0] if extra else None, Path(args.out), loaded["text"])
+        track(loaded["params"], stage, item, out, loaded["text"])
 
     return main

@@ -16,12 +16,18 @@ Layout in the tracking store (default ``sqlite:///<project>/mlflow.db``; ``MLFLO
 
 ``load_registered_direction("models:/asyrp-<profile>-<attribute>@<alias>")`` gets it back.
 
+Run status: runs are created RUNNING. A stage's logging ends its attribute run FINISHED (a later stage that logs
+to the same run ends it again); the last stage, ``report``, ends the parent run FINISHED; a stage that raises
+ends its run and the parent FAILED (KILLED when interrupted) with the error as tag ``asyrp.error``, which a
+later FINISHED end (the rerun that worked) removes. Dataset-level stages leave the parent RUNNING.
+
 Queued logging (stage CLIs, i.e. `dvc repro`; ``ASYRP_MLFLOW_ASYNC=0`` logs in the stage process instead):
 importing MLflow and opening its store cost ~5 s, more than many stages' own work. So a finished stage copies
 the few files it logs into ``<out>/.tracking/queue/<job>/`` and starts a detached ``python -m pipeline.tracking
 drain``, which logs the queue in order under a file lock while the next stage starts. ``report`` drains the
 queue before it finishes, so when `dvc repro` ends MLflow holds every stage; ``python -m pipeline.tracking
-drain`` waits for and reports anything left. A job that fails 3 times moves to ``.tracking/failed/``.
+drain`` waits for and reports anything left. A job that fails 3 times moves to ``.tracking/failed/``. A
+stage that fails queues its FAILED mark the same way (in order after what it follows) and drains at once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from .params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "asyrp."
+ERROR = TAG + "error"  # why a run is FAILED
+LAST_STAGE = "report"  # its logging ends the reproduction's parent run
+MAX_ERROR = 4000  # characters of an error kept as a tag (MLflow's tag values are bounded)
 
 
 def enabled() -> bool:
@@ -136,6 +145,50 @@ def _flat(prefix: str, obj, out: dict) -> dict:
     return out
 
 
+def where(stage: str, attribute: str | None) -> str:
+    return f"{stage}@{attribute}" if attribute else stage
+
+
+def error_text(err: BaseException) -> str:
+    """What tag ``asyrp.error`` says of an exception: its type and message."""
+    return f"{type(err).__name__}: {err}".strip().removesuffix(":")[:MAX_ERROR]
+
+
+def quietly(what: str, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None and a warning on stderr: tracking never fails a stage."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - the stage's own outcome stands; say what failed
+        print(f"warning: MLflow logging of {what} failed ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+        return None
+
+
+def _tag_run(c, run: str, params: Params, stage: str, attribute, out: Path, commit, state: str) -> None:
+    tags = {
+        TAG + "profile": params.profile,
+        TAG + "stage." + stage: state,
+        "git_commit": commit or git_commit(),
+        TAG + "data_version": data_version(out),
+        TAG + "model_id": params.active_profile.model.id,
+    }
+    if attribute:
+        tags[TAG + "attribute"] = attribute
+    for k, v in tags.items():
+        c.set_tag(run, k, v)
+
+
+def _end(c, run: str, status: str = "FINISHED", error: str | None = None) -> None:
+    """End ``run`` (its end time: now). FINISHED drops an ``asyrp.error`` of an earlier failure; FAILED sets it,
+    unless it already ends with ``error`` (the stage's own mark names the stage: a flow's catch-all keeps it)."""
+    tags = c.get_run(run).data.tags
+    if error is None:
+        if ERROR in tags:
+            c.delete_tag(run, ERROR)
+    elif not tags.get(ERROR, "").endswith(error):
+        c.set_tag(run, ERROR, error[:MAX_ERROR])
+    c.set_terminated(run, status)
+
+
 def log_stage(
     params: Params,
     stage: str,
@@ -145,26 +198,56 @@ def log_stage(
     register: bool = True,
     commit: str | None = None,
 ) -> str | None:
-    """Log what ``stage`` wrote under ``out`` to its run; returns the run id (None when tracking is off)."""
+    """Log what ``stage`` wrote under ``out`` to its run, then end the attribute run FINISHED (and the parent
+    after the last stage, `report`); returns the run id (None when tracking is off)."""
     if not enabled():
         return None
     c = client()
     parent, child = run_ids(params, attribute, key)
     run = child or parent
-    prof = params.active_profile
-    tags = {
-        TAG + "profile": params.profile,
-        TAG + "stage." + stage: "done",
-        "git_commit": commit or git_commit(),
-        TAG + "data_version": data_version(out),
-        TAG + "model_id": prof.model.id,
-    }
-    if attribute:
-        tags[TAG + "attribute"] = attribute
-    for k, v in tags.items():
-        c.set_tag(run, k, v)
+    _tag_run(c, run, params, stage, attribute, out, commit, "done")
     _log_outputs(c, run, params, stage, attribute, Layout(out), register)
+    if child:
+        _end(c, child)
+    if stage == LAST_STAGE:
+        _end(c, parent)
     return run
+
+
+def log_failure(
+    params: Params,
+    stage: str,
+    attribute: str | None,
+    error: str,
+    out: Path = OUT,
+    key: str | None = None,
+    commit: str | None = None,
+    status: str = "FAILED",
+) -> str | None:
+    """``stage`` raised ``error``: end its run and the parent ``status`` (FAILED; KILLED: interrupted), the error
+    as tag ``asyrp.error`` (on the parent prefixed by the stage); returns the stage's run id."""
+    if not enabled():
+        return None
+    c = client()
+    parent, child = run_ids(params, attribute, key)
+    _tag_run(c, child or parent, params, stage, attribute, out, commit, status.lower())
+    if child:
+        _end(c, child, status, error)
+    _end(c, parent, status, f"{where(stage, attribute)}: {error}")
+    return child or parent
+
+
+def end_reproduction(
+    params: Params, key: str | None = None, status: str = "FINISHED", error: str | None = None
+) -> str | None:
+    """End the reproduction's parent run (a flow without a `report` stage, or one that failed outside a
+    stage's own mark); returns its id."""
+    if not enabled():
+        return None
+    c = client()
+    parent, _ = run_ids(params, None, key)
+    _end(c, parent, status, error)
+    return parent
 
 
 def _params(c, run: str, values: dict) -> None:
@@ -313,13 +396,23 @@ def queue_dir(out: Path) -> Path:
     return Path(out) / ".tracking" / "queue"
 
 
-def enqueue(params_text: str, stage: str, attribute: str | None, out: Path, params: Params) -> Path:
-    """Queue the logging of a finished stage: a copy of what it logs, the params text, key and commit."""
+def enqueue(
+    params_text: str,
+    stage: str,
+    attribute: str | None,
+    out: Path,
+    params: Params,
+    outcome: str | None = None,
+    error: str | None = None,
+) -> Path:
+    """Queue the logging of a finished stage: a copy of what it logs, the params text, key and commit. With
+    ``outcome`` (FAILED, KILLED) and ``error``: the stage raised; the job marks its runs (see `log_failure`)."""
     q = queue_dir(out)
     q.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}-{stage}" + (f"-{attribute}" if attribute else "")
     tmp = q / f".{name}"
-    for f in stage_files(stage, attribute, Layout(out)):
+    lay = Layout(out)
+    for f in [lay.download.manifest] if outcome else stage_files(stage, attribute, lay):
         if f.is_file():
             dst = tmp / "out" / f.relative_to(out)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +420,8 @@ def enqueue(params_text: str, stage: str, attribute: str | None, out: Path, para
     commit = git_commit()
     job = {"stage": stage, "attribute": attribute, "params": params_text, "commit": commit, "attempts": 0,
            "key": reproduction_key(params, commit)}  # fmt: skip
+    if outcome:
+        job.update(outcome=outcome, stage_error=error or "")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "job.json").write_text(json.dumps(job))
     tmp.rename(q / name)  # a job appears whole or not at all
@@ -357,15 +452,19 @@ def drain(out: Path = OUT, quiet: bool = False) -> list[str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for job_dir in sorted(p for p in q.iterdir() if p.is_dir() and not p.name.startswith(".")):
             job = json.loads((job_dir / "job.json").read_text())  # written whole: see enqueue
-            where = job["stage"] + (f"@{job['attribute']}" if job["attribute"] else "")
+            stage, attribute, files, outcome = job["stage"], job["attribute"], job_dir / "out", job.get("outcome")
+            at = where(stage, attribute)
             try:
                 params = params_from_dict(parse_yaml(job["params"], job_dir.name), job_dir.name)
-                run = log_stage(
-                    params, job["stage"], job["attribute"], job_dir / "out", job["key"], commit=job["commit"]
-                )
+                if outcome:
+                    err = job.get("stage_error", "")
+                    run = log_failure(params, stage, attribute, err, files, job["key"], job["commit"], outcome)
+                else:
+                    run = log_stage(params, stage, attribute, files, job["key"], commit=job["commit"])
                 shutil.rmtree(job_dir)
                 if not quiet:
-                    print(f"mlflow: logged {where} to run {run} ({tracking_uri()})", flush=True)
+                    did = f"marked {at} {outcome} in" if outcome else f"logged {at} to"
+                    print(f"mlflow: {did} run {run} ({tracking_uri()})", flush=True)
             except Exception as err:  # noqa: BLE001 - kept on disk and retried; say what failed
                 job["attempts"] += 1
                 job["error"] = f"{type(err).__name__}: {err}"
@@ -374,7 +473,7 @@ def drain(out: Path = OUT, quiet: bool = False) -> list[str]:
                     dest = q.parent / "failed" / job_dir.name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     job_dir.rename(dest)
-                failed.append(f"{where}: {job['error']} (attempt {job['attempts']} of {MAX_ATTEMPTS})")
+                failed.append(f"{at}: {job['error']} (attempt {job['attempts']} of {MAX_ATTEMPTS})")
                 print(f"warning: MLflow logging of {failed[-1]}", file=sys.stderr, flush=True)
     return failed
 

@@ -83,3 +83,18 @@ def test_unknown_kind_and_bad_json(tmp_path):
         build_direction(DirectionConfig("delta_h_t", (8, 2, 2), 8))
     with pytest.raises(ValueError, match="unknown keys"):
         DirectionConfig.from_json(json.dumps({"kind": "global", "h_shape": [8, 2, 2], "temb_channels": 8, "x": 1}))
+
+
+def test_saved_direction_files_are_byte_stable(tmp_path):
+    """Twenty saves of one direction give one sha256 (safetensors orders its metadata map randomly per call)."""
+    import hashlib
+
+    from asyrp.core.directions import DirectionConfig, build_direction, load_direction, save_direction
+
+    cfg = DirectionConfig(kind="official", h_shape=(32, 2, 2), temb_channels=16)
+    d = build_direction(cfg)
+    files = [save_direction(d, cfg, tmp_path / f"d{i}").with_suffix(".safetensors") for i in range(20)]
+    digests = {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert len(digests) == 1
+    loaded, _ = load_direction(tmp_path / "d0")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), d.state_dict().values(), strict=True))

@@ -108,3 +108,18 @@ def test_stage_deps_cover_its_imports(name):
         f.relative_to(ROOT).as_posix() for f in imported_files(stage_module(stage)) if not covered(f, deps)
     )
     assert not missing, f"dvc.yaml stage {name!r} imports files none of its deps covers: {missing}"
+
+
+def test_shard_locks_are_not_part_of_the_latents_output(tmp_path):
+    """Shard workers (Prefect, Dask) leave lock files inside outputs/latents/<split>: .dvcignore must hide them, or
+    `dvc repro` after a Prefect run sees the latents changed and reruns every stage on identical data."""
+    import fnmatch
+    import os
+
+    from asyrp.data import latents
+
+    os.close(latents._lock(tmp_path, 3))
+    left = [p.name for p in tmp_path.iterdir()]
+    patterns = [line.strip() for line in (ROOT / ".dvcignore").read_text().splitlines() if line and line[0] != "#"]
+    assert left, "the shard lock leaves a file behind (the case this test is about)"
+    assert all(any(fnmatch.fnmatch(name, p) for p in patterns) for name in left), (left, patterns)

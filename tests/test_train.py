@@ -123,8 +123,27 @@ def test_adam_and_trajectory_steps(small_model, loss, latents):
         step_per="trajectory",
         lr_step_size=1,
         lr_gamma=0.5,
+        lr_step_per="step",
     )
     assert [h["lr"] for h in hist] == [1e-3] * 3 + [5e-4] * 3  # scheduler steps once per trajectory
+
+
+@pytest.mark.parametrize(
+    "lr_step_per,expected",
+    [
+        # official: StepLR steps once per epoch, after the image loop; lr constant within an epoch
+        ("epoch", [0.5] * 6 + [0.25] * 6),
+        # per optimiser step: 2 epochs x 2 batches x 3 timesteps, halved every 2 steps
+        ("step", [0.5 * 0.5 ** (i // 2) for i in range(12)]),
+    ],
+)
+def test_learning_rate_sequence_of_a_two_epoch_run(small_model, loss, latents, lr_step_per, expected):
+    x0, x_T = latents
+    kw = dict(epochs=2, lr=0.5, lr_gamma=0.5, lr_step_size=1 if lr_step_per == "epoch" else 2)
+    _, hist = _train(small_model, loss, tensor_batches(x_T, 2, x0=x0), lr_step_per=lr_step_per, **kw)
+    assert [h["epoch"] for h in hist] == [0] * 6 + [1] * 6
+    assert [h["lr"] for h in hist] == pytest.approx(expected)
+    assert TrainConfig(t_edit=1).lr_step_per == "epoch"  # the official behaviour is the default
 
 
 @pytest.mark.parametrize(

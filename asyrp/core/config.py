@@ -19,6 +19,8 @@ SPACINGS = ("uniform", "linspace", "leading", "trailing")
 DEPTH_SPACINGS = ("uniform", "linspace")  # the grids that can top out below T - 1
 OPTIMIZERS = ("sgd", "adam")
 STEP_PER = ("timestep", "trajectory")
+LR_STEP_PER = ("epoch", "step")
+TEMPLATES = ("imagenet", "official", "none")
 LOSS_FORMS = ("log", "one_minus_cos")
 CLIP_SOURCES = ("x0", "p_t")
 _BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
@@ -100,7 +102,14 @@ class LossConfig:
     lambda_recon: float | None = setting(None, ge=0)  # None -> lambda_recon_auto (Table 3)
     loss_form: str = setting("log", choices=LOSS_FORMS)
     clip_source: str = setting("x0", choices=CLIP_SOURCES)
-    templates: bool = True  # average each prompt over the ImageNet templates (official)
+    # Each prompt averaged over the OpenAI ImageNet templates: "imagenet" = open_clip's 80 (default),
+    # "official" = the official code's 79 (the same less "a photo of many {}."), "none" = the raw prompt.
+    # True / False mean "imagenet" / "none".
+    templates: str = setting("imagenet", choices=TEMPLATES)
+
+    def __post_init__(self):
+        if isinstance(self.templates, bool):
+            self.templates = "imagenet" if self.templates else "none"
 
     def lambda_recon_for(self, prompt_similarity: float) -> float:
         """The L1 weight: the fixed number, or Table 3's 3 x prompt similarity when None."""
@@ -124,6 +133,9 @@ class TrainConfig:
     momentum: float = setting(0.0, ge=0, lt=1)
     lr_step_size: int = setting(20, ge=1)
     lr_gamma: float = setting(0.9, gt=0, le=1)
+    # When StepLR counts a step: once per epoch (official: scheduler_ft.step() after the image loop, so one
+    # epoch at lr 0.5 is constant) or after every optimiser step (decays within the epoch).
+    lr_step_per: str = setting("epoch", choices=LR_STEP_PER)
     step_per: str = setting("timestep", choices=STEP_PER)  # "timestep" (official: one optimiser step per t)
     seed: int = setting(0, ge=0)
     # Keep computed source trajectories in memory for later epochs (None: only when epochs > 1). At paper

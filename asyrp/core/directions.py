@@ -4,8 +4,12 @@ Every direction maps ``(h, t, emb) -> delta_h`` with h: (B, C, h, w), t: int tim
 U-Net's own time embedding; delta_h has h's shape.
 
 kinds:
-    official   conv1x1(h) + Linear(swish(emb)) -> GroupNorm(32) -> swish -> conv1x1  (the official code;
-               ~0.79 M parameters for C = 512; default)
+    official   conv1x1(h) + Linear(swish(emb)) -> GroupNorm(32) -> swish -> conv1x1  (the official code's DDPM
+               DeltaBlock, models/ddpm/diffusion.py; ~0.79 M parameters for C = 512; default for DDPM models)
+    official_guided
+               conv1x1(swish(GroupNorm(32, eps 1e-5)(h))) + Linear(swish(emb)) -> GroupNorm -> swish -> Dropout(0)
+               -> conv1x1  (the official DeltaBlock of models/improved_ddpm/unet.py and models/guided_diffusion/
+               unet.py; default for converted guided-diffusion models, ``official_kind``)
     concat     conv1x1([h, t/T]) -> GroupNorm -> swish -> conv1x1  (the paper's Fig. 16 wording:
                "two 1x1 convolutions concatenating timestep t")
     delta_h_t  one free tensor per grid timestep (the optimised delta_h_t of Fig. 6 / App. L.2), and the
@@ -22,12 +26,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 Tensor = torch.Tensor
 FORMAT_VERSION = 1
-KINDS = ("official", "concat", "delta_h_t", "global")
+KINDS = ("official", "official_guided", "concat", "delta_h_t", "global")
+OFFICIAL_KINDS = ("official", "official_guided")  # the kinds that take the U-Net's time embedding
+
+
+def official_kind(arch_family: str | None) -> str:
+    """The official f_t for a U-Net family: "guided" (iDDPM / ADM) -> official_guided, else (DDPM) official."""
+    return "official_guided" if arch_family == "guided" else "official"
 
 
 @dataclass
@@ -64,13 +74,26 @@ class DirectionConfig:
         return cls(**data)
 
 
+def _groups(channels: int) -> int:
+    return 32 if channels % 32 == 0 else max(g for g in range(1, 33) if channels % g == 0)
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
-    groups = 32 if channels % 32 == 0 else max(g for g in range(1, 33) if channels % g == 0)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(_groups(channels), channels, eps=1e-6)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """guided-diffusion's GroupNorm32 (nn.py): GroupNorm(32, C), eps 1e-5, computed in float32."""
+
+    def __init__(self, channels: int):
+        super().__init__(_groups(channels), channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).type(x.dtype)
 
 
 class OfficialDirection(nn.Module):
-    """f_t of the official code: conv1x1 + temb projection, GroupNorm, swish, conv1x1 (no residual)."""
+    """f_t of the official DDPM code (models/ddpm/diffusion.py DeltaBlock, whose ``norm2`` is ``norm`` here)."""
 
     def __init__(self, channels: int, temb_channels: int):
         super().__init__()
@@ -82,6 +105,24 @@ class OfficialDirection(nn.Module):
     def forward(self, h: Tensor, t: int, emb: Tensor) -> Tensor:
         x = self.conv1(h) + self.temb_proj(nn.functional.silu(emb.to(h.dtype)))[:, :, None, None]
         return self.conv2(nn.functional.silu(self.norm(x)))
+
+
+class GuidedOfficialDirection(nn.Module):
+    """f_t of the official guided-diffusion code (improved_ddpm/unet.py DeltaBlock): a ResBlock without skip.
+
+    Layer names are the official ones, so its state dict loads as saved; h: (B, C, h, w), emb: (B, D)."""
+
+    def __init__(self, channels: int, temb_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, channels, 1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(temb_channels, channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(channels), nn.SiLU(), nn.Dropout(p=dropout), nn.Conv2d(channels, channels, 1)
+        )
+
+    def forward(self, h: Tensor, t: int, emb: Tensor) -> Tensor:
+        x = self.in_layers(h) + self.emb_layers(emb.to(h.dtype))[:, :, None, None]
+        return self.out_layers(x)
 
 
 class ConcatDirection(nn.Module):
@@ -131,6 +172,8 @@ def build_direction(config: DirectionConfig) -> nn.Module:
     c = config.h_shape[0]
     if config.kind == "official":
         return OfficialDirection(c, config.temb_channels)
+    if config.kind == "official_guided":
+        return GuidedOfficialDirection(c, config.temb_channels)
     if config.kind == "concat":
         return ConcatDirection(c, config.num_train_timesteps)
     if config.kind == "delta_h_t":
@@ -142,13 +185,26 @@ def build_direction(config: DirectionConfig) -> nn.Module:
     raise ValueError(f"unknown direction kind {config.kind!r}; choose one of {KINDS}")
 
 
+def stable_safetensors(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the header's keys sorted: safetensors writes its metadata map in a random order per
+    call, so identical tensors gave files of different sha256 and DVC reran everything downstream."""
+    raw = save(state, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    sorted_header = {k: dict(sorted(v.items())) if k == "__metadata__" else v for k, v in sorted(header.items())}
+    text = json.dumps(sorted_header, separators=(",", ":")).encode()
+    if len(text) > n:  # cannot happen (same content, compact separators); refuse rather than corrupt
+        raise RuntimeError("safetensors header grew when sorted")
+    return raw[:8] + text.ljust(n, b" ") + raw[8 + n :]  # the spec pads the header with spaces
+
+
 def save_direction(direction: nn.Module, config: DirectionConfig, path: str | Path) -> Path:
     """Write ``<path>.safetensors`` + ``<path>.json`` (path given with or without suffix); returns the stem."""
     stem = Path(path).with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in direction.state_dict().items()}
     tmp = stem.with_name(stem.name + ".tmp.safetensors")
-    save_file(state, str(tmp), metadata={"asyrp_kind": config.kind, "version": str(FORMAT_VERSION)})
+    tmp.write_bytes(stable_safetensors(state, {"asyrp_kind": config.kind, "version": str(FORMAT_VERSION)}))
     tmp.replace(stem.with_suffix(".safetensors"))
     stem.with_suffix(".json").write_text(config.to_json() + "\n")
     return stem
@@ -188,7 +244,7 @@ def check_compatible(
     problems = []
     if tuple(config.h_shape) != tuple(h_shape):
         problems.append(f"it was trained for h-space {tuple(config.h_shape)} but this model's h is {tuple(h_shape)}")
-    if config.kind == "official" and config.temb_channels != temb_channels:
+    if config.kind in OFFICIAL_KINDS and config.temb_channels != temb_channels:
         problems.append(f"its time-embedding input is {config.temb_channels}-d but the model's is {temb_channels}-d")
     if config.num_train_timesteps != num_train_timesteps:
         problems.append(

@@ -50,7 +50,7 @@ class AsyrpLoss:
         if not source.strip() or not target.strip():
             raise ValueError("source and target prompts must be non-empty")
         self.clip, self.source, self.target = clip, source, target
-        templates = imagenet_templates() if self.config.templates else None
+        templates = None if self.config.templates == "none" else imagenet_templates(self.config.templates)
         self.text_direction = clip.text_direction(source, target, templates)
         self.prompt_similarity = clip.prompt_similarity(source, target)
         self.lambda_recon = self.config.lambda_recon_for(self.prompt_similarity)

@@ -143,6 +143,8 @@ def train_direction(
                 history.append(s)
                 if callback is not None:
                     callback(s)
+        if config.lr_step_per == "epoch":  # official: scheduler_ft.step() once, after the image loop
+            sched.step()
     direction.eval()
     return history
 
@@ -192,21 +194,24 @@ def _train_trajectory(unet, model, direction, loss_fn, x, interval, src_pred, sr
             emb_src = src_emb if src_emb is not None else loss_fn.source_embedding(src_pred[t])
         p_edit = pred_original_sample(x, step.eps_edit, a_t)
         loss, s = loss_fn(p_edit, src_pred[t], emb_src, text_dir)
+        lr = opt.param_groups[0]["lr"]  # the rate this step uses (before the scheduler moves it)
         if per_traj:
             (loss / len(interval)).backward()
         else:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if config.lr_step_per == "step":
+                sched.step()
         s.update(
             t=t,
-            lr=opt.param_groups[0]["lr"],
+            lr=lr,
             delta_h_norm=step.delta_h.detach().flatten(1).norm(dim=1).mean().item(),
         )
         stats.append(s)
         x = step.prev_sample  # the edited trajectory drives the next step (detached)
     if per_traj:
         opt.step()
-        sched.step()
+        if config.lr_step_per == "step":
+            sched.step()
     return stats

@@ -31,11 +31,17 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def imagenet_templates() -> list[str]:
-    """The OpenAI ImageNet prompt templates shipped with open_clip (80; the official Asyrp list has 79)."""
+def imagenet_templates(variant: str = "imagenet") -> list[str]:
+    """The OpenAI ImageNet prompt templates: open_clip's 80 ("imagenet"), or the official Asyrp code's 79
+    ("official": utils/text_templates.py, the same list in the same order without "a photo of many {}.")."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    if variant == "official":
+        return [t for t in templates if t != "a photo of many {}."]
+    if variant != "imagenet":
+        raise ValueError(f"unknown template list {variant!r}; choose imagenet (80) or official (79)")
+    return templates
 
 
 class ClipModel(nn.Module):

@@ -36,6 +36,10 @@ checked against the reference modules in tests), ``convert_state_dict`` maps a c
 *number* of heads over attention layers of different widths (``num_head_channels=-1`` with attention at
 several widths, as in improved-diffusion's models). ``build_unet`` then sets each attention's heads in
 memory (exact), and ``save_diffusers`` refuses to write a folder whose config would lose it.
+
+``build_unet`` tags the model's config with the source family (``ARCH_FAMILY_KEY``: "guided" | "ddpm"; a private
+key, so it survives ``save_pretrained`` / ``from_pretrained``); ``arch_family(unet)`` reads it back (None: untagged,
+e.g. a hub DDPM), and picks the official f_t for the model (``asyrp.core.directions.official_kind``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import torch
 from .presets import ArchConfig, DDPMUNetConfig, GuidedUNetConfig
 
 Tensor = torch.Tensor
+ARCH_FAMILY_KEY = "_asyrp_arch_family"
 
 
 class ConversionError(ValueError):
@@ -410,7 +415,13 @@ def build_unet(arch: ArchConfig, device: str | torch.device = "cpu", seed: int |
             torch.manual_seed(seed)
         unet = UNet2DModel(**config)
     _fix_heads(unet, arch)
+    unet.register_to_config(**{ARCH_FAMILY_KEY: arch.family})
     return unet
+
+
+def arch_family(unet) -> str | None:
+    """The family a converted UNet2DModel was built from ("guided" | "ddpm"), None for an untagged model."""
+    return dict(getattr(unet, "config", None) or {}).get(ARCH_FAMILY_KEY)
 
 
 def needs_head_fixup(arch: ArchConfig) -> bool:
