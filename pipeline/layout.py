@@ -42,6 +42,15 @@ class _Stage:
     plots: tuple[Path, ...] = ()
 
 
+class _Measured(_Stage):
+    """A stage (or part) with ``folder``/metrics.json, a record, and its headline.json, the DVC metric."""
+
+    metrics_json = property(lambda s: s.folder / "metrics.json")
+    headline_json = property(lambda s: s.folder / "headline.json")
+    records = property(lambda s: (s.metrics_json,))
+    metrics = property(lambda s: (s.headline_json,))
+
+
 @dataclass(frozen=True)
 class Download(_Stage):
     folder: Path  # outputs/data
@@ -56,15 +65,12 @@ class Download(_Stage):
 
 
 @dataclass(frozen=True)
-class Invert(_Stage):
+class Invert(_Measured):
     latents: Path  # outputs/latents
     folder: Path  # outputs/invert
 
-    metrics_json = property(lambda s: s.folder / "metrics.json")  # reconstruction error, throughput
-    headline_json = property(lambda s: s.folder / "headline.json")
+    # metrics.json: reconstruction error, throughput
     outs = property(lambda s: (s.latents,))
-    records = property(lambda s: (s.metrics_json,))
-    metrics = property(lambda s: (s.headline_json,))
 
     def split(self, name: str) -> Path:
         """The shards of split ``name`` ("train" or "test")."""
@@ -75,21 +81,18 @@ class Invert(_Stage):
 
 
 @dataclass(frozen=True)
-class Schedule(_Stage):
+class Schedule(_Measured):
     folder: Path  # outputs/schedule
 
     curves_csv = property(lambda s: s.folder / "curves.csv")  # t, lpips_pred_x0, lpips_xt
     curves_png = property(lambda s: s.folder / "curves.png")
-    metrics_json = property(lambda s: s.folder / "metrics.json")  # t_boost, t_edit_max, n_images
-    headline_json = property(lambda s: s.folder / "headline.json")
+    # metrics.json: t_boost, t_edit_max, n_images
     outs = property(lambda s: (s.curves_png,))
-    records = property(lambda s: (s.metrics_json,))
-    metrics = property(lambda s: (s.headline_json,))
     plots = property(lambda s: (s.curves_csv,))
 
 
 @dataclass(frozen=True)
-class Train(_Stage):
+class Train(_Measured):
     folder: Path  # outputs/attributes/<a>/train
 
     direction = property(lambda s: s.folder / "direction")  # the stem of save_direction / load_direction
@@ -98,11 +101,9 @@ class Train(_Stage):
     schedule_json = property(lambda s: s.folder / "schedule.json")  # t_edit, t_boost, prompt similarity
     loss_csv = property(lambda s: s.folder / "loss.csv")  # one row per optimiser step
     loss_png = property(lambda s: s.folder / "loss.png")
-    metrics_json = property(lambda s: s.folder / "metrics.json")  # final losses, time
-    headline_json = property(lambda s: s.folder / "headline.json")
+    # metrics.json: final losses, time
     outs = property(lambda s: (s.direction_weights, s.direction_config, s.loss_png))
     records = property(lambda s: (s.schedule_json, s.metrics_json))
-    metrics = property(lambda s: (s.headline_json,))
     plots = property(lambda s: (s.loss_csv,))
 
 
@@ -126,24 +127,21 @@ class Edit(_Stage):
 
 
 @dataclass(frozen=True)
-class Oracle:
+class Oracle(_Measured):
     """The toy oracle's verdict on an attribute's edits (written by evaluate@<a>; a 'skipped' note elsewhere)."""
 
     folder: Path  # outputs/attributes/<a>/toy_eval
 
-    metrics_json = property(lambda s: s.folder / "metrics.json")
-    headline_json = property(lambda s: s.folder / "headline.json")
     per_image_csv = property(lambda s: s.folder / "per_image.csv")
     grid = property(lambda s: s.folder / "grid.png")  # toy profiles only, so not a DVC out
 
 
 @dataclass(frozen=True)
-class Evaluate(_Stage):
+class Evaluate(_Measured):
     folder: Path  # outputs/attributes/<a>/evaluate
     oracle: Oracle
 
-    metrics_json = property(lambda s: s.folder / "metrics.json")  # S_dir, SC, LPIPS with 95% intervals
-    headline_json = property(lambda s: s.folder / "headline.json")
+    # metrics.json: S_dir, SC, LPIPS with 95% intervals
     per_image_csv = property(lambda s: s.folder / "per_image.csv")
     outs = property(lambda s: (s.per_image_csv, s.oracle.per_image_csv))
     records = property(lambda s: (s.metrics_json, s.oracle.metrics_json))
@@ -159,16 +157,12 @@ class Study(_Stage):
 
 
 @dataclass(frozen=True)
-class ToyAnalysis(_Stage):
+class ToyAnalysis(_Measured):
     folder: Path  # outputs/toy
 
-    metrics_json = property(lambda s: s.folder / "metrics.json")
-    headline_json = property(lambda s: s.folder / "headline.json")
     report = property(lambda s: s.folder / "report")  # report.md and its grids and plots
     report_md = property(lambda s: s.report / "report.md")
     outs = property(lambda s: (s.report,))
-    records = property(lambda s: (s.metrics_json,))
-    metrics = property(lambda s: (s.headline_json,))
 
 
 @dataclass(frozen=True)

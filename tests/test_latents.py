@@ -1,13 +1,16 @@
-"""asyrp.data.latents: round trip, resumability (exception, real SIGKILL, torn file), metadata, memory."""
+"""asyrp.data.latents: round trip, resumability (exception, real SIGKILL, torn file), metadata, memory,
+reuse keyed on item content, full verification of kept shards, read errors that name the file."""
 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,15 @@ import pytest
 import torch
 
 from asyrp.data import latents
-from asyrp.data.latents import INDEX_NAME, LatentStore, MetadataMismatchError, run_sharded, write_shard
+from asyrp.data.latents import (
+    INDEX_NAME,
+    LatentStore,
+    MetadataMismatchError,
+    ShardReadError,
+    run_sharded,
+    verify_shard,
+    write_shard,
+)
 
 N, SHARD, BATCH = 23, 5, 2  # 5 shards (the last of 3 rows); batches do not divide shards
 META = {"model": "tiny", "steps": 40, "grid": [0, 333, 666, 999]}
@@ -261,7 +272,8 @@ def test_metadata_mismatch(tmp_path):
         run(tmp_path, meta=other)
     assert LatentStore(tmp_path).metadata == META  # nothing was touched
     fn = Counter()
-    run(tmp_path, meta=other, fn=fn, overwrite=True)
+    with pytest.warns(UserWarning, match=r"5 shard\(s\) .* other metadata .*'steps': \(40, 50\)"):
+        run(tmp_path, meta=other, fn=fn, overwrite=True)
     assert fn.calls == n_batches([5, 5, 5, 5, 3])
     assert LatentStore(tmp_path).metadata == other
 
@@ -356,3 +368,108 @@ def test_only_shards_then_finalise_equals_one_run(tmp_path):
     assert all(torch.equal(ga[c], gb[c]) for c in ga)
     with pytest.raises(ValueError, match="out of range"):
         latents.run_sharded(items, part, compute, shard_size=4, batch_size=3, metadata=meta, only_shards=[99])
+
+
+def flip_block(path: Path, at: float = 0.5, n: int = 16) -> None:
+    """Invert n bytes at relative position `at` of the file (a bad sector, a bit-rotted block)."""
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i : i + n] = bytes(b ^ 0xFF for b in data[i : i + n])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_block_in_a_shard_is_recomputed(tmp_path, reference):
+    run(tmp_path / "clean")
+    out = tmp_path / "out"
+    run(out)
+    flip_block(out / "shard-00002.parquet")
+    with pytest.raises(ShardReadError, match="shard-00002.parquet"):
+        verify_shard(out / "shard-00002.parquet")
+    fn = Counter()
+    with pytest.warns(UserWarning, match=r"shard-00002\.parquet failed its integrity check") as record:
+        run(out, fn=fn)
+    assert len(record) == 1  # one line, for that shard only
+    assert fn.seen == [f"img-{i:03d}" for i in range(10, 15)]
+    assert_same(read_all(out), reference)
+    for f in sorted((tmp_path / "clean").iterdir()):  # byte-identical to a run that never saw the damage
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_flipped_block_anywhere_is_caught(tmp_path):
+    """Wherever 16 bytes flip (data pages, page headers, footer, its magic), the shard is never kept as is."""
+    run(tmp_path / "clean")
+    clean = (tmp_path / "clean" / "shard-00000.parquet").read_bytes()
+    out = tmp_path / "out"
+    for at in [k / 20 for k in range(20)] + [1 - 16 / len(clean)]:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(tmp_path / "clean", out)
+        flip_block(out / "shard-00000.parquet", at)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run(out)
+        assert (out / "shard-00000.parquet").read_bytes() == clean, at
+
+
+def test_item_content_change_recomputes_its_shard(tmp_path):
+    """Same ids, other content behind one of them (a replaced image file): only its shard is recomputed."""
+    content = {i: p for i, p in make_items()}
+    key = lambda item: str(content[item[0]])  # noqa: E731 - the item's content fingerprint
+    items = lambda: [(i, content[i]) for i, _ in make_items()]  # noqa: E731
+    run(tmp_path, items=items(), item_key=key)
+    content["img-007"] = 1000  # same id, other content
+    fn = Counter()
+    with pytest.warns(UserWarning, match=r"shard-00001\.parquet was computed from other inputs"):
+        run(tmp_path, items=items(), item_key=key, fn=fn)
+    assert fn.seen == [f"img-{i:03d}" for i in range(5, 10)]
+    got = LatentStore(tmp_path).get(["img-007"], ["x_T"])["x_T"]
+    assert torch.equal(got, compute([("img-007", 1000)])["x_T"])
+    fn = Counter()
+    run(tmp_path, items=items(), item_key=key, fn=fn)  # nothing changed since: everything kept
+    assert fn.calls == 0
+
+
+def test_only_shards_checks_content_and_integrity(tmp_path):
+    """The per-shard path (Prefect / Dask workers) applies the same key and full check."""
+    content = {i: p for i, p in make_items()}
+    kw = dict(shard_size=SHARD, batch_size=BATCH, metadata=META, progress=False)
+    items = lambda: [(i, content[i]) for i, _ in make_items()]  # noqa: E731
+    key = lambda item: str(content[item[0]])  # noqa: E731
+    run_sharded(items(), tmp_path, compute, item_key=key, **kw)
+    content["img-001"] = 99
+    flip_block(tmp_path / "shard-00003.parquet")
+    fn = Counter()
+    with pytest.warns(UserWarning) as record:
+        run_sharded(items(), tmp_path, fn, item_key=key, only_shards=[0, 1, 2, 3], **kw)
+    assert sorted(str(w.message).split()[0] for w in record) == ["shard-00000.parquet", "shard-00003.parquet"]
+    assert fn.seen == [f"img-{i:03d}" for i in [*range(0, 5), *range(15, 20)]]
+
+
+def test_unreadable_shard_errors_name_the_file(tmp_path):
+    run(tmp_path)
+    shard = tmp_path / "shard-00001.parquet"
+    clean = shard.read_bytes()
+    shard.write_bytes(clean[: len(clean) // 2])  # truncated
+    with pytest.raises(ShardReadError) as err:
+        LatentStore(tmp_path)
+    message = str(err.value)
+    assert str(shard) in message and "dvc repro invert" in message and "\n" not in message
+    assert isinstance(err.value, ValueError)  # the stages print ValueErrors as one line (run_cli)
+
+    # A block flipped inside a column's data: the store opens (footer and ids are fine), the read names it.
+    shard.write_bytes(clean)
+    md = pq.ParquetFile(shard).metadata.row_group(0)
+    col = next(md.column(c) for c in range(md.num_columns) if md.column(c).path_in_schema.startswith("x_T"))
+    data = bytearray(clean)
+    end = (col.dictionary_page_offset or col.data_page_offset) + col.total_compressed_size
+    at = (col.data_page_offset + end) // 2  # the middle of its data page (after its dictionary page)
+    data[at : at + 16] = bytes(b ^ 0xFF for b in data[at : at + 16])
+    shard.write_bytes(bytes(data))
+    store = LatentStore(tmp_path)
+    with pytest.raises(ShardReadError, match=r"shard-00001\.parquet: OSError: could not verify page integrity"):
+        store.get(["img-006"], ["x_T"])
+    with pytest.raises(ShardReadError, match=r"shard-00001\.parquet"):
+        list(store.iter_batches(["x_T"], 4))
+    assert store.get(["img-001"], ["x_T"])["x_T"].shape == (1, 4, 8, 8)  # other shards still read
+    shard.unlink()
+    with pytest.raises(ShardReadError, match=r"cannot read .*shard-00001\.parquet: FileNotFoundError"):
+        LatentStore(tmp_path)

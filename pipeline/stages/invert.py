@@ -8,7 +8,10 @@ outputs/latents/test/   per image: `image`, `x_T`, and `recon` (3, H, W) uint8, 
 outputs/invert/metrics.json  reconstruction error, throughput against bare U-Net forwards
 
 Each split is resumable: shards are written atomically, and a rerun after any interruption (even kill -9)
-recomputes only missing shards, with output identical to an uninterrupted run (asyrp.data.latents).
+recomputes only missing shards, with output identical to an uninterrupted run (asyrp.data.latents). A shard
+already there is reused only if its key matches (its images' sha256, the model's id and weights hash, the
+settings, asyrp.data.bulk.CODE_VERSION: see inversion_metadata) and it verifies in full; otherwise it is
+recomputed with one warning line saying which shard and why (a new dataset with the same ids, a flipped byte).
 """
 
 from __future__ import annotations
