@@ -29,7 +29,6 @@ from asyrp.core.config import (
     check_depth,
     check_interval,
     constraints,
-    lambda_recon_auto,
 )
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # usable as a DVC foreach key and a file name
@@ -108,9 +107,14 @@ class AttributeSpec(Strict):
             raise ValueError("source_per_image needs inverted images with manifest columns, not from_noise")
         return self
 
+    @property
+    def loss_lambda_recon(self) -> float | None:
+        """LossConfig's lambda_recon: the fixed number, or None for ``auto`` (Table 3's rule, applied there)."""
+        return None if self.lambda_recon == "auto" else float(self.lambda_recon)
+
     def lambda_recon_for(self, clip_cosine: float) -> float:
         """The L1 weight: the fixed number, or 3 x the prompts' CLIP cosine similarity for ``auto``."""
-        return lambda_recon_auto(clip_cosine) if self.lambda_recon == "auto" else float(self.lambda_recon)
+        return LossConfig(lambda_recon=self.loss_lambda_recon).lambda_recon_for(clip_cosine)
 
     @property
     def trains_from_noise(self) -> bool:

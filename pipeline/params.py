@@ -220,8 +220,7 @@ class Params(Strict):
     def loss_config(self, attr: str) -> LossConfig:
         """Eq. 7's settings for one attribute: its lambdas, the train block's loss form, CLIP source, templates."""
         spec, tr = self.attribute(attr), self.active_train
-        lambda_recon = None if spec.lambda_recon == "auto" else float(spec.lambda_recon)
-        return build(LossConfig, spec, tr, lambda_recon=lambda_recon)
+        return build(LossConfig, spec, tr, lambda_recon=spec.loss_lambda_recon)
 
     def edit_config(self, t_edit: int, t_boost: int, t_0: int | None, **values: Any) -> EditConfig:
         """Algorithm 1's settings for this interval: the edit block, the inversion's spacing; ``values`` override."""

@@ -1,7 +1,7 @@
-"""The one config schema of the method: loss, training and editing settings with their bounds and rules.
+"""The one config schema of the method: loss, training, editing and inversion settings with their bounds and rules.
 
 Each field's bounds and choices are declared once, here, as ``setting(...)`` metadata. The library checks
-them (``check``); ``pipeline.params`` builds its params.yaml blocks from the same metadata (so a bound
+them (``check``); ``pipeline.blocks`` builds params.yaml's blocks from the same metadata (so a bound
 changed here changes both), and ``build`` fills a config from params blocks by field name instead of
 copying fields one by one. The rules that tie two settings together are functions, written once:
 
