@@ -7,10 +7,10 @@ purpose: the MLflow drainer imports it.
     outputs/
       data/                     download         images/<id>.png, manifest.csv, report.json
       latents/{train,test}/     invert           Parquet shards and _index.json
-      invert/                   invert           metrics.json, headline.json
+      invert/                   invert           metrics.json, headline.json, timings.json
       schedule/                 schedule         curves.{csv,png}, metrics.json, headline.json
       attributes/<a>/train/     train@<a>        direction.{safetensors,json}, schedule.json, loss.{csv,png},
-                                                 metrics.json, headline.json
+                                                 metrics.json, headline.json, timings.json
       attributes/<a>/edit/      edit@<a>         images/, recon/, edited.parquet, grid.png, strip.png,
                                                  summary.json
       attributes/<a>/evaluate/  evaluate@<a>     metrics.json, headline.json, per_image.csv
@@ -19,6 +19,10 @@ purpose: the MLflow drainer imports it.
       study/<name>/             study@<name>     sheet.html, answer_key.json, summary.json
       toy/                      toy_analysis     metrics.json, headline.json, report/ (report.md and its images)
       report/                   report           report.md, report.csv
+
+timings.json (wall-clock figures: seconds, images/s) is neither a DVC output nor in git: it differs from run to
+run, and a DVC-tracked file that does makes `dvc repro` rerun a stage whose results are byte-identical (after a
+Prefect run over the same outputs, say). MLflow logs it with the stage's metrics.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ class Invert(_Measured):
     latents: Path  # outputs/latents
     folder: Path  # outputs/invert
 
-    # metrics.json: reconstruction error, throughput
+    # metrics.json: reconstruction error; timings.json: throughput against bare U-Net forwards
+    timings_json = property(lambda s: s.folder / "timings.json")
     outs = property(lambda s: (s.latents,))
 
     def split(self, name: str) -> Path:
@@ -101,7 +106,8 @@ class Train(_Measured):
     schedule_json = property(lambda s: s.folder / "schedule.json")  # t_edit, t_boost, prompt similarity
     loss_csv = property(lambda s: s.folder / "loss.csv")  # one row per optimiser step
     loss_png = property(lambda s: s.folder / "loss.png")
-    # metrics.json: final losses, time
+    # metrics.json: final losses; timings.json: seconds
+    timings_json = property(lambda s: s.folder / "timings.json")
     outs = property(lambda s: (s.direction_weights, s.direction_config, s.loss_png))
     records = property(lambda s: (s.schedule_json, s.metrics_json))
     plots = property(lambda s: (s.loss_csv,))

@@ -267,27 +267,31 @@ def _params(c, run: str, values: dict) -> None:
 
 @dataclass(frozen=True)
 class Logged:
-    """What `log_stage` logs of one stage run: JSON metrics (file, metric-name prefix), artifacts (file,
-    artifact folder; ``optional`` ones only where the profile writes them) and other files it reads."""
+    """What `log_stage` logs of one stage run: JSON metrics (file, metric-name prefix; ``timings`` too, where the
+    stage wrote them), artifacts (file, artifact folder; ``optional`` ones only where the profile writes them) and
+    other files it reads."""
 
     metrics: tuple[tuple[Path, str], ...] = ()
     artifacts: tuple[tuple[Path, str], ...] = ()
     optional: tuple[tuple[Path, str], ...] = ()
     reads: tuple[Path, ...] = ()
+    timings: tuple[tuple[Path, str], ...] = ()
 
     def files(self) -> list[Path]:
-        return [f for f, _ in self.metrics + self.artifacts + self.optional] + list(self.reads)
+        return [f for f, _ in self.metrics + self.timings + self.artifacts + self.optional] + list(self.reads)
 
 
 def _train(t) -> Logged:
     artifacts = ((t.loss_png, "train"), (t.direction_weights, "direction"), (t.direction_config, "direction"))
-    return Logged(((t.metrics_json, "train."),), artifacts, reads=(t.schedule_json, t.loss_csv))
+    return Logged(((t.metrics_json, "train."),), artifacts, reads=(t.schedule_json, t.loss_csv),
+                  timings=((t.timings_json, "train."),))  # fmt: skip
 
 
 # The one table of what each stage logs: both `log_stage` and the queue (`stage_files`) read it.
 # Stages not in it (download, study, toy_analysis, report) log their tags only.
 LOGGED: dict[str, Callable[[Layout, str | None], Logged]] = {
-    "invert": lambda lay, a: Logged(metrics=((lay.invert.metrics_json, "invert."),)),
+    "invert": lambda lay, a: Logged(((lay.invert.metrics_json, "invert."),),
+                                    timings=((lay.invert.timings_json, "invert."),)),
     "schedule": lambda lay, a: Logged(
         ((lay.schedule.metrics_json, "schedule."),), ((lay.schedule.curves_png, "schedule"),)
     ),
@@ -308,7 +312,7 @@ def _log_outputs(c, run, params: Params, stage: str, attribute, lay: Layout, reg
     what = logged(stage, attribute, lay)
     if stage == "train":  # params first: write-once, and the registry needs the direction artifacts below
         _log_train(c, run, params, attribute, lay.train(attribute))
-    for f, prefix in what.metrics:
+    for f, prefix in what.metrics + tuple(m for m in what.timings if m[0].is_file()):
         c.log_batch(run, metrics=_metrics(read_json(f), prefix))
     for f, folder in what.artifacts + tuple(a for a in what.optional if a[0].exists()):
         c.log_artifact(run, str(f), folder)

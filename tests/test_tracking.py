@@ -106,6 +106,9 @@ def test_what_is_logged_and_queued_is_what_the_stage_declares(stage):
     assert tracking.stage_files(stage, item, lay) == [lay.download.manifest, *what.files()]
     for f, _ in what.optional:
         assert f.parent == lay.evaluate("red").oracle.folder  # the only file a profile may not write
+    for f, _ in what.timings:  # wall-clock figures: logged, but never a DVC-tracked file (they differ per run)
+        assert f == outputs.timings_json and not any(f == d or d in f.parents for d in declared)
+        assert f.name in (Path(__file__).parents[1] / ".dvcignore").read_text().split()  # nor hashed in a dep folder
 
 
 # ------------------------------------------------------------------------------------------ run status

@@ -4,7 +4,7 @@ outputs/attributes/<a>/train/direction.{safetensors,json}  the direction and its
 outputs/attributes/<a>/train/schedule.json                 t_edit, t_boost, prompt similarity, thresholds, the
                                                            prompts CLIP truncated to its text context
 outputs/attributes/<a>/train/loss.csv, loss.png            loss per optimiser step (DVC plot)
-outputs/attributes/<a>/train/metrics.json                  final losses, time
+outputs/attributes/<a>/train/metrics.json                  final losses (timings.json: seconds, untracked)
 
 Training images come from outputs/latents/train (x_T, the real image as CLIP source, and the cached
 P_t^source); attributes with `from_noise: true` (App. J.2) train from x_T ~ N(0, I) instead, with the plain
@@ -45,7 +45,7 @@ from ..common import (
 from ..params import Params
 
 # the numbers `dvc metrics show` prints (headline.json); the full metrics.json is a record
-HEADLINE = ("loss_final", "t_edit", "t_boost", "seconds")
+HEADLINE = ("loss_final", "t_edit", "t_boost")
 
 
 def check_fixed_times(params: Params, attr: str, out: Path, similarity: float | None = None) -> None:
@@ -194,6 +194,7 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
 
     start = time.monotonic()
     history = train_direction(model, direction, loss, data, cfg, callback=on_step)
+    seconds = time.monotonic() - start
     bar.close()
     save_direction(direction, dcfg, where.direction)
     write_csv(where.loss_csv, rows)
@@ -215,13 +216,13 @@ def run(params: Params, attr: str, out: Path = OUT) -> dict:
         "clip_loss_final": _mean(last, "clip"),
         "recon_final": _mean(last, "recon"),
         "steps": len(history),
-        "seconds": time.monotonic() - start,
         "t_edit": sched["t_edit"],
         "t_boost": sched["t_boost"],
         "clip_similarity": sched["clip_similarity"],
         "clip_is_pretrained": clip.is_pretrained,
     }
     write_metrics(where.metrics_json, where.headline_json, metrics, HEADLINE)
+    write_json(where.timings_json, {"seconds": seconds, "steps_per_s": len(history) / seconds})
     return metrics
 
 
