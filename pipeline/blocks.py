@@ -58,7 +58,7 @@ PosFloat = Annotated[float, Field(gt=0)]
 Timestep = Annotated[int, Field(ge=0, le=999)]
 Device = Annotated[str, AfterValidator(_device)]
 LambdaRecon = Annotated[float | str, PlainValidator(_lambda_recon)]
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]  # asyrp.core.precision.autocast_dtype
 
 
 class Strict(BaseModel):

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from asyrp.core.precision import autocast_dtype
 from asyrp.core.schedule import LpipsCurves
 from asyrp.models.clip import ClipModel, load_clip
 from asyrp.models.diffusion import DiffusionModel, ModelLoadError, load_diffusion, resolve_device
@@ -26,14 +26,14 @@ from .io import OUT, Layout, _jsonable, read_csv, read_json, write_csv, write_js
 from .params import Params, ParamsError, load_params
 
 __all__ = ["OUT", "Layout", "read_csv", "read_json", "write_csv", "write_json", "write_metrics"]  # from .io
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(params: Params) -> DiffusionModel:
     prof = params.active_profile
     device = resolve_device(prof.device)
     spec = prof.model
-    model = load_diffusion(spec.id, device, autocast_dtype=DTYPES[prof.dtype], preset=spec.preset, sha256=spec.sha256,
+    dtype = autocast_dtype(prof.dtype, device)
+    model = load_diffusion(spec.id, device, autocast_dtype=dtype, preset=spec.preset, sha256=spec.sha256,
                            channels_last=spec.channels_last)  # fmt: skip
     if model.image_size != prof.model.image_size:
         raise ValueError(

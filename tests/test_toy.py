@@ -165,19 +165,41 @@ def test_clip_check_prefers_the_clean_edit_with_the_shipped_clip():
     assert res["clean_edit_best"] >= 0.8, res
 
 
-def test_train_ddpm_continues_from_shipped_weights(tmp_path):
+def test_train_ddpm_continues_from_shipped_weights_and_from_a_run_folder(tmp_path):
     from asyrp.toy import train_ddpm
     from asyrp.toy.models import load_fp32
 
-    args = ["--steps", "2", "--batch", "2", "--lr", "1e-9", "--warmup", "1", "--log-every", "1", "--save-every", "2"]
-    train_ddpm.main(args + ["--out", str(tmp_path / "more"), "--init", str(DDPM_WEIGHTS), "--seed-offset", "3500"])
+    args = ["--arch", "v1", "--batch", "2", "--lr", "1e-9", "--warmup", "1", "--log-every", "1", "--save-every", "2",
+            "--eval-every", "0", "--bf16", "off"]  # fmt: skip
+    train_ddpm.main(args + ["--steps", "2", "--out", str(tmp_path / "more"), "--init", str(DDPM_WEIGHTS)])
     shipped, _ = load_fp32(DDPM_WEIGHTS)
     cont, meta = load_fp32(tmp_path / "more" / "ema.safetensors")
     assert meta["args"]["init"] == str(DDPM_WEIGHTS) and meta["step"] == 2
     assert max((cont[k] - shipped[k]).abs().max().item() for k in shipped) < 1e-3  # started from the shipped ones
-    train_ddpm.main(args + ["--out", str(tmp_path / "fresh")])
+    # a committed run folder (fp16 model + EMA, no optimiser state) continues its step count and its loss log
+    train_ddpm.main(args + ["--steps", "4", "--out", str(tmp_path / "again"), "--init", str(tmp_path / "more")])
+    _, meta = load_fp32(tmp_path / "again" / "model.safetensors")
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "again" / "loss.csv").read_text().splitlines()[1:]]
+    assert meta["step"] == 4 and steps == [1, 2, 3, 4]
+    train_ddpm.main(args + ["--steps", "2", "--out", str(tmp_path / "fresh")])
     fresh, _ = load_fp32(tmp_path / "fresh" / "ema.safetensors")
     assert max((fresh[k] - shipped[k]).abs().max().item() for k in shipped) > 0.1  # a fresh init is far away
+
+
+def test_toy_v2_has_a_deep_bottleneck_and_loads_as_its_file_says(tmp_path):
+    """v2's h is 256 x 4 x 4 (1/8 of the image), the split is exact, and a weights file builds its own arch."""
+    from asyrp.core.hspace import HUNet
+    from asyrp.toy.models import TOY_UNET_CONFIGS, build_toy_unet, load_toy_unet, save_fp16
+
+    unet = build_toy_unet(3, "v2").eval()
+    h = HUNet(unet)
+    x = torch.randn(2, 3, 32, 32)
+    assert h.h_shape() == (256, 4, 4)
+    torch.testing.assert_close(h(x, 500), unet(x, 500).sample, rtol=1e-4, atol=1e-5)
+    save_fp16(unet.state_dict(), tmp_path / "v2.safetensors", {"config": TOY_UNET_CONFIGS["v2"]})
+    loaded = load_toy_unet(tmp_path / "v2.safetensors")
+    assert tuple(loaded.config.block_out_channels) == (32, 64, 128, 256)
+    assert torch.allclose(loaded(x, 500).sample, unet.half().float()(x, 500).sample, atol=1e-3)
 
 
 def test_linearity_reuses_edits_already_made():

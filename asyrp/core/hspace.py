@@ -57,7 +57,10 @@ class HUNet(nn.Module):
 
     ``forward(x, t)`` is the plain eps prediction (the first ``in_channels`` output channels, so
     learned-variance models work unchanged). ``down`` / ``up`` expose the split. ``autocast_dtype``
-    (bfloat16 / float16) runs the U-Net under CUDA autocast; outputs are returned in float32.
+    (bfloat16 / float16) runs the U-Net under autocast: on CUDA either, on CPU bfloat16 only (CPU float16
+    autocast is not faster; asyrp.core.precision says where CPU bf16 pays). eps, h and the time embedding are
+    returned in float32, so f_t, the losses and the DDIM arithmetic stay float32; the skip activations keep
+    the compute dtype (half the memory). ``precision(dtype)`` switches it for a block of code.
     """
 
     def __init__(self, unet: nn.Module, autocast_dtype: torch.dtype | None = None):
@@ -98,9 +101,26 @@ class HUNet(nn.Module):
         return int(s[0] if isinstance(s, (tuple, list)) else s)
 
     def _autocast(self):
-        if self.autocast_dtype is None or self.device.type != "cuda":
+        dtype, kind = self.autocast_dtype, self.device.type
+        if dtype is None or kind not in ("cuda", "cpu") or (kind == "cpu" and dtype != torch.bfloat16):
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.autocast_dtype)
+        return torch.autocast(kind, dtype=dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the U-Net's convolutions run in (what ``_autocast`` turns on here, else float32)."""
+        kind = self.device.type
+        with self._autocast():
+            return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+
+    @contextlib.contextmanager
+    def precision(self, dtype: torch.dtype | None):
+        """Run the block with ``autocast_dtype = dtype`` (None: float32), then restore it."""
+        old, self.autocast_dtype = self.autocast_dtype, dtype
+        try:
+            yield self
+        finally:
+            self.autocast_dtype = old
 
     # -- the split ----------------------------------------------------------------------------
     def down(self, sample: Tensor, timestep: int | Tensor) -> DownState:
@@ -127,7 +147,7 @@ class HUNet(nn.Module):
                 res_samples += res
             if u.mid_block is not None:
                 sample = u.mid_block(sample, emb)
-        return DownState(h=sample, res_samples=res_samples, emb=emb, timesteps=timesteps)
+        return DownState(h=sample.float(), res_samples=res_samples, emb=emb.float(), timesteps=timesteps)
 
     def up(self, state: DownState, h: Tensor | None = None) -> Tensor:
         """Up path + output head (steps 5-6) on ``h`` (default ``state.h``); returns eps (B, C, H, W)."""

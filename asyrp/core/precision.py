@@ -44,6 +44,19 @@ def resolve_bf16(choice: str | bool, device: torch.device | str = "cpu") -> bool
     return torch.device(device).type == "cpu" and cpu_bf16_supported() and os.environ.get("ASYRP_CPU_BF16") != "0"
 
 
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """A profile's ``dtype`` -> the U-Net's autocast dtype (None: float32). ``auto``: bfloat16 on a CPU with
+    bf16 instructions (`resolve_bf16`), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if resolve_bf16("auto", device) else None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 def autocast_bf16(enabled: bool, device: torch.device | str = "cpu"):
     """torch.autocast to bfloat16 on ``device`` when ``enabled``, else a no-op context."""
     if not enabled:

@@ -65,9 +65,8 @@ def model_fingerprint(model: DiffusionModel) -> str:
 
 
 def compute_dtype(model: DiffusionModel) -> str:
-    """The dtype the U-Net actually runs in: its autocast dtype on CUDA, float32 otherwise (HUNet.autocast)."""
-    dtype = model.unet.autocast_dtype
-    return str(dtype).removeprefix("torch.") if dtype is not None and model.unet.device.type == "cuda" else "float32"
+    """The dtype the U-Net actually runs in (HUNet.compute_dtype): float32, or its autocast dtype where it applies."""
+    return str(model.unet.compute_dtype).removeprefix("torch.")
 
 
 def file_sha256(path: str | Path) -> str:
