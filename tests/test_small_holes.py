@@ -111,10 +111,11 @@ def test_the_toy_ddpm_checkpoint_loads_weights_only(tmp_path, monkeypatch, capsy
     from asyrp.toy import train_ddpm
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    args = ["--batch", "2", "--warmup", "1", "--log-every", "1", "--save-every", "1", "--out", str(tmp_path)]
+    args = ["--arch", "v1", "--batch", "2", "--warmup", "1", "--log-every", "1", "--save-every", "1", "--eval-every",
+            "0", "--out", str(tmp_path)]  # fmt: skip
     train_ddpm.main(["--steps", "1", *args])
     train_ddpm.main(["--steps", "2", *args])  # a real checkpoint (tensors, AdamW state) resumes
-    assert "resumed at step 1" in capsys.readouterr().out
+    assert f"resumed {tmp_path / 'ckpt.pt'} at step 1" in capsys.readouterr().out
     marker = tmp_path / "ran"
     torch.save({"model": _Payload(marker)}, tmp_path / "ckpt.pt")
     with pytest.raises(pickle.UnpicklingError):
