@@ -34,6 +34,7 @@ from .core.edit import EditDirection, asyrp_generate
 from .core.losses import AsyrpLoss
 from .core.schedule import crossing_t, lpips_curves
 from .core.train import tensor_batches, train_direction
+from .data.images import to_model_range
 from .models.clip import load_clip
 from .models.diffusion import load_diffusion
 from .models.perceptual import load_lpips
@@ -69,8 +70,7 @@ def _paths(model, x0, clip, lpips, args, x_T_train=None) -> dict:
     cfg = _edit_config(model, args)
     r: dict = {}
     r["x_T"], r["time_inversion"] = _timed(lambda: invert(model, x0, args.steps, t_0=args.t_0))
-    plain = EditConfig(t_edit=cfg.t_edit, t_boost=0, n_gen_steps=args.steps, t_0=args.t_0)
-    r["recon"], r["time_reconstruction"] = _timed(lambda: asyrp_generate(model, r["x_T"], [], plain))
+    r["recon"], r["time_reconstruction"] = _timed(lambda: asyrp_generate(model, r["x_T"], [], cfg))  # no direction
     loss = AsyrpLoss(clip, "circle", "square", LossConfig(templates="none"))
     fresh, dcfg = new_direction(model, "circle", "square", cfg.t_edit, n_train_steps=args.steps, t_0=args.t_0)
     train = TrainConfig(t_edit=cfg.t_edit, n_train_steps=args.steps, t_0=args.t_0, seed=0)
@@ -90,7 +90,7 @@ def compare(args) -> dict:
     clip = load_clip(args.clip, None)
     lpips = load_lpips("alex", allow_random_backbone=True)
     f = shape_factors(args.images, 32, FIDELITY_SEED)
-    x0 = torch.from_numpy(render_shapes(f, 32)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x0 = to_model_range(render_shapes(f, 32))
     runs: dict = {}
     for name, dtype in PRECISIONS.items():  # float32 first: training starts from its x_T in both
         with model.unet.precision(dtype):

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
-from asyrp.core.config import EditConfig, LossConfig, TrainConfig, build
+from asyrp.core.config import EditConfig, LossConfig, TrainConfig, build, interval_ok
 
 from .blocks import (  # noqa: F401  (the block types are part of this module's API: pipeline.params.Train, ...)
     BLOCKS,
@@ -122,7 +122,7 @@ class Params(Strict):
             seen.add(attr)
         for attr in self.active_schedule.overrides:  # t_edit_default and an override's t_boost: both known here
             te, tb = self.fixed_times(attr)
-            if te and tb and not tb[1] < te[1]:
+            if te and tb and not interval_ok(te[1], tb[1]):
                 problems.append(f"{te[0]}: {te[1]} must be above {tb[0]}={tb[1]} (need t_boost < t_edit)")
         n_coef, n_attr = len(self.active_edit.coefficients), len(self.attributes)
         if n_coef not in (1, n_attr):

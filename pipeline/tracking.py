@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import OUT, Layout, read_csv, read_json
+from .io import OUT, Layout, read_csv, read_json, write_json
 from .params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,13 +429,6 @@ def failed_dir(out: Path) -> Path:
     return Path(out) / ".tracking" / "failed"
 
 
-def write_job(job_dir: Path, job: dict) -> None:
-    """job.json replaced whole (temp file + rename): a crash mid-write never leaves a torn one."""
-    tmp = job_dir / ".job.json.tmp"
-    tmp.write_text(json.dumps(job))
-    os.replace(tmp, job_dir / "job.json")
-
-
 def enqueue(
     params_text: str,
     stage: str,
@@ -463,7 +456,7 @@ def enqueue(
     if outcome:
         job.update(outcome=outcome, stage_error=error or "")
     tmp.mkdir(parents=True, exist_ok=True)
-    write_job(tmp, job)
+    write_json(tmp / "job.json", job)  # replaced whole (temp file + rename): never torn
     tmp.rename(q / name)  # a job appears whole or not at all
     return q / name
 
@@ -554,7 +547,7 @@ def _retry_later(job_dir: Path, job: dict, err: Exception, out: Path) -> str:
     job["error"] = f"{type(err).__name__}: {err}"
     job["next_attempt"] = now + min(BACKOFF_S * 2 ** (job["attempts"] - 1), MAX_BACKOFF_S)
     queued = job.setdefault("queued_at", now)  # jobs queued before the time budget existed: from now
-    write_job(job_dir, job)
+    write_json(job_dir / "job.json", job)
     clock = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
     if now - queued >= retry_hours() * 3600:
         kept = _set_aside(job_dir, out)
@@ -608,7 +601,7 @@ def requeue_failed(out: Path) -> int:
         try:
             job = json.loads((job_dir / "job.json").read_text())
             job.update(attempts=0, queued_at=time.time(), next_attempt=0)
-            write_job(job_dir, job)
+            write_json(job_dir / "job.json", job)
         except (OSError, ValueError):
             pass  # torn: the drain sets it aside again, with its error
         job_dir.rename(queue_dir(out) / job_dir.name)

@@ -70,9 +70,14 @@ def build(cls: type, *sources: Any, **values: Any) -> Any:
     return cls(**kwargs)
 
 
+def interval_ok(t_edit: int, t_boost: int) -> bool:
+    """Algorithm 1's phases need 0 <= t_boost < t_edit (callers that name params keys ask this directly)."""
+    return 0 <= t_boost < t_edit
+
+
 def check_interval(t_edit: int, t_boost: int, top: int | None = None) -> None:
     """Algorithm 1's phases need 0 <= t_boost < t_edit, and t_edit <= the grid's top t_0 when given."""
-    if not 0 <= t_boost < t_edit:
+    if not interval_ok(t_edit, t_boost):
         raise ValueError(f"t_boost ({t_boost}) must be < t_edit ({t_edit}): need 0 <= t_boost < t_edit")
     if top is not None and t_edit > top:
         raise ValueError(f"need t_edit <= t_0={top}, got t_edit={t_edit}")

@@ -100,18 +100,18 @@ class HUNet(nn.Module):
         s = self.sample_size
         return int(s[0] if isinstance(s, (tuple, list)) else s)
 
-    def _autocast(self):
-        dtype, kind = self.autocast_dtype, self.device.type
-        if dtype is None or kind not in ("cuda", "cpu") or (kind == "cpu" and dtype != torch.bfloat16):
-            return contextlib.nullcontext()
-        return torch.autocast(kind, dtype=dtype)
-
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype the U-Net's convolutions run in (what ``_autocast`` turns on here, else float32)."""
-        kind = self.device.type
-        with self._autocast():
-            return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+        """The dtype the U-Net's convolutions run in: ``autocast_dtype`` where autocast offers it here (CUDA: any;
+        CPU: bfloat16 only), else float32."""
+        dtype, kind = self.autocast_dtype, self.device.type
+        if dtype is None or kind not in ("cuda", "cpu") or (kind == "cpu" and dtype != torch.bfloat16):
+            return torch.float32
+        return dtype
+
+    def _autocast(self):
+        dtype = self.compute_dtype
+        return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(self.device.type, dtype=dtype)
 
     @contextlib.contextmanager
     def precision(self, dtype: torch.dtype | None):

@@ -107,6 +107,24 @@ class Schedule:
         check_interval(self.t_edit, self.t_boost)
 
 
+def schedule_times(
+    curves: LpipsCurves,
+    prompt_similarity: float | None,
+    lpips_edit: float = 0.33,
+    lpips_boost: float = 1.2,
+    t_edit: int | None = None,
+    t_boost: int | None = None,
+) -> tuple[int, int, float | None, float]:
+    """(t_edit, t_boost, threshold_edit, threshold_boost): each the curve's crossing (Sec. 4.1, 4.2) or the explicit
+    value, not yet checked against each other. ``prompt_similarity`` may be None only with an explicit t_edit."""
+    if prompt_similarity is None and t_edit is None:
+        raise ValueError("t_edit's LPIPS rule needs the prompts' similarity (or an explicit t_edit)")
+    thr_e = None if prompt_similarity is None else t_edit_threshold(prompt_similarity, lpips_edit)
+    te = t_edit if t_edit is not None else crossing_t(curves.t, curves.lpips_pred_x0, thr_e, "LPIPS(x, P_t)")
+    tb = t_boost if t_boost is not None else crossing_t(curves.t, curves.lpips_xt, lpips_boost, "LPIPS(x, x_t)")
+    return te, tb, thr_e, lpips_boost
+
+
 def choose_schedule(
     curves: LpipsCurves,
     prompt_similarity: float,
@@ -116,8 +134,6 @@ def choose_schedule(
     t_boost: int | None = None,
 ) -> Schedule:
     """t_edit and t_boost from the curves (Sec. 4.1, 4.2); explicit values override either."""
-    thr_e, thr_b = t_edit_threshold(prompt_similarity, lpips_edit), lpips_boost
-    te = t_edit if t_edit is not None else crossing_t(curves.t, curves.lpips_pred_x0, thr_e, "LPIPS(x, P_t)")
-    tb = t_boost if t_boost is not None else crossing_t(curves.t, curves.lpips_xt, thr_b, "LPIPS(x, x_t)")
+    times = schedule_times(curves, prompt_similarity, lpips_edit, lpips_boost, t_edit, t_boost)
     src = "override" if (t_edit is not None or t_boost is not None) else "lpips"
-    return Schedule(te, tb, thr_e, thr_b, src)
+    return Schedule(*times, src)

@@ -33,6 +33,7 @@ import torch
 
 from ..core.ddim import ddim_generate, timestep_grid
 from ..core.precision import autocast_bf16, resolve_bf16
+from ..data.images import to_model_range
 from ..models.diffusion import DDPM_SCHEDULE, schedule_from_config
 from . import oracle
 from .generator import render_shapes, shape_factors
@@ -44,8 +45,7 @@ N_EVAL, EVAL_SEED = 128, 123
 
 def shapes_batch(n: int, seed: int, size: int = 32) -> torch.Tensor:
     """(n, 3, size, size) in [-1, 1] from the generator with `seed`."""
-    img = render_shapes(shape_factors(n, size, seed), size)
-    return torch.from_numpy(img).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return to_model_range(render_shapes(shape_factors(n, size, seed), size))
 
 
 def loss_weight(alpha_prod_t: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
@@ -108,16 +108,17 @@ def _init(args, unet, ema) -> int:
         unet.load_state_dict(state)
         ema.load_state_dict(load_fp32(src / "ema.safetensors")[0])
         return int(meta.get("step", 0))
-    state, meta = load_fp32(src)
+    state, _ = load_fp32(src)
     unet.load_state_dict(state)
     ema.load_state_dict(state)
     return 0
 
 
-def _copy_logs(src: Path, out: Path, upto: int) -> None:
-    """Continue a run folder's loss.csv / samples.csv in ``out`` (rows up to step ``upto``)."""
+def _continue_logs(src: Path, out: Path, upto: int) -> None:
+    """loss.csv / samples.csv in ``out`` continue ``src``'s (``out`` itself on a resume) up to step ``upto``: rows a
+    killed run logged after its last checkpoint are dropped, so no step appears twice."""
     for name in ("loss.csv", "samples.csv"):
-        if (src / name).is_file() and src.resolve() != out.resolve():
+        if (src / name).is_file():
             rows = list(csv.reader((src / name).open()))
             keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= upto]
             with (out / name).open("w", newline="") as f:
@@ -157,11 +158,12 @@ def train(args) -> None:
         unet.load_state_dict(st["model"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
         step0 = st["step"]
         args.start_step = -args.warmup  # an exact resume needs no new warmup
+        _continue_logs(out, out, step0)
         print(f"resumed {out / 'ckpt.pt'} at step {step0}")
     elif args.init:
         step0 = _init(args, unet, ema)
         args.start_step = step0
-        _copy_logs(Path(args.init), out, step0)
+        _continue_logs(Path(args.init), out, step0)
         print(f"initialised from {args.init} (step {step0}); fresh AdamW with {args.warmup} warmup steps")
     _, abar = schedule_from_config(dict(DDPM_SCHEDULE))
     abar = abar.float()
@@ -205,7 +207,7 @@ def train(args) -> None:
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             _save(out, unet, ema, opt, step + 1, args)
     if args.export:
-        src = out / f"{args.export_weights if args.export_weights == 'ema' else 'model'}.safetensors"
+        src = out / f"{args.export_weights}.safetensors"
         state, meta = load_fp32(src)
         save_fp16(state, DDPM_WEIGHTS, meta)
         print(f"exported {src} -> {DDPM_WEIGHTS}")

@@ -20,11 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from asyrp.api import new_direction
+from asyrp.core.config import interval_ok
 from asyrp.core.ddim import timestep_grid
 from asyrp.core.directions import save_direction
 from asyrp.core.edit import random_latents
 from asyrp.core.losses import AsyrpLoss
-from asyrp.core.schedule import choose_schedule, crossing_t, t_edit_threshold
+from asyrp.core.schedule import choose_schedule, schedule_times
 from asyrp.core.train import TrainBatch, edit_interval, train_direction
 from asyrp.data.latents import LatentStore
 
@@ -48,18 +49,17 @@ from ..params import Params
 HEADLINE = ("loss_final", "t_edit", "t_boost")
 
 
-def check_fixed_times(params: Params, attr: str, out: Path, similarity: float | None = None) -> None:
+def check_fixed_times(params: Params, attr: str, curves, similarity: float | None = None) -> None:
     """Refuse t_edit <= t_boost naming the params key and both values, where one comes from params and the other
     from the LPIPS curves (choose_schedule's own error names no key; params load checks pairs both in params).
     Without ``similarity`` (before the models load) only a fixed t_edit is checked: t_boost's rule needs no CLIP."""
     te, tb = params.fixed_times(attr)
     if bool(te) == bool(tb) or (not te and similarity is None):
         return
-    sch, curves = params.active_schedule, load_curves(out)
-    edit_threshold = None if te else t_edit_threshold(similarity, sch.lpips_edit_threshold)
-    t_edit = te[1] if te else crossing_t(curves.t, curves.lpips_pred_x0, edit_threshold)
-    t_boost = tb[1] if tb else crossing_t(curves.t, curves.lpips_xt, sch.lpips_boost_threshold)
-    if t_boost < t_edit:
+    sch = params.active_schedule
+    t_edit, t_boost, _, _ = schedule_times(curves, similarity, sch.lpips_edit_threshold, sch.lpips_boost_threshold,
+                                           te[1] if te else None, tb[1] if tb else None)  # fmt: skip
+    if interval_ok(t_edit, t_boost):
         return
     edit = f"{te[0]}={t_edit}" if te else f"t_edit={t_edit} (the LPIPS rule for these prompts)"
     boost = f"{tb[0]}={t_boost}" if tb else f"t_boost={t_boost} (the schedule stage's LPIPS curves)"
@@ -73,9 +73,10 @@ def attribute_schedule(params: Params, attr: str, clip, out: Path = OUT) -> dict
     similarity = clip.prompt_similarity(spec.source, spec.target)
     te, tb = params.fixed_times(attr)
     t_0 = params.active_inversion.t_0
-    check_fixed_times(params, attr, out, similarity)
+    curves = load_curves(out)
+    check_fixed_times(params, attr, curves, similarity)
     s = choose_schedule(
-        load_curves(out),
+        curves,
         similarity,
         sch.lpips_edit_threshold,
         sch.lpips_boost_threshold,
@@ -145,7 +146,7 @@ def training_data(params: Params, model, t_edit: int, from_noise: bool, out: Pat
 def run(params: Params, attr: str, out: Path = OUT) -> dict:
     spec, tr, inv = params.attribute(attr), params.active_train, params.active_inversion
     where = Layout(out).train(attr)
-    check_fixed_times(params, attr, out)  # a fixed t_edit below t_boost: before the model loads
+    check_fixed_times(params, attr, load_curves(out))  # a fixed t_edit below t_boost: before the model loads
     model = load_model(params)
     clip = load_train_clip(params, model.unet.device)
     sched = attribute_schedule(params, attr, clip, out)
